@@ -1,0 +1,1 @@
+"""HiDrop-LLaVA: LLaVA-1.5 with HiDrop vision-token reduction."""

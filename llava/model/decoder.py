@@ -1,0 +1,165 @@
+"""The one decoder loop. Every token-reduction method is a `ReductionConfig` schedule plugged into it.
+
+Per layer i (1-based): inject vision before layer ``inject_layer``, drop all vision before ``exit_layer``, run the
+layer on the current token set, and after a prune layer score the vision tokens with layer i + 1's projections and
+keep exactly k of them. The moves are batched gathers (`token_state`), the scores come from a small separate
+computation (`reduction.scoring`), so the main attention kernel (sdpa, eager or flash) is untouched.
+
+ZeRO-3: every call runs every layer, the scorer at every prune layer and the threshold module (if learned), in the
+same order, whatever the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from llava.model.attention_mask import build_attention_mask
+from llava.model.multimodal_inputs import MultimodalBatch
+from llava.model.reduction.config import ReductionConfig
+from llava.model.reduction.scoring import score_vision_tokens
+from llava.model.reduction.topk import select_tokens
+from llava.model.token_state import TokenState, exit_vision, inject_vision, keep_vision, text_state
+
+
+@dataclass
+class StageRecord:
+    layer: int  # prune layer (1-based)
+    candidates: int  # vision tokens before the cut
+    keep: torch.Tensor  # [B, k] kept indices into the candidates, ascending
+    soft_keep: torch.Tensor | None  # [B] expected kept count under the soft mask (diff mode)
+
+
+@dataclass
+class GenerationState:
+    """What decoding needs beyond the per-layer KV cache: each layer's key validity and the next position."""
+
+    cache: DynamicCache
+    key_valid: list[torch.Tensor]  # per layer [B, K_l] bool; layers hold different token sets
+    next_position: torch.Tensor  # [B] persistent position of the next token (full-sequence count)
+
+
+@dataclass
+class DecoderOutput:
+    hidden: torch.Tensor  # [B, S, D] final-norm hidden states of the final token set
+    state: TokenState  # final token set (positions, validity, labels aligned with `hidden`)
+    stages: list[StageRecord] = field(default_factory=list)
+    budget_loss: torch.Tensor | None = None
+    generation: GenerationState | None = None
+
+
+class StageThresholds(nn.Module):
+    """DTop-K's learned pruning ratio `a`, one per stage. A module (not a bare parameter) so ZeRO-3 gathers it."""
+
+    def __init__(self, initial: list[float]) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(initial, dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        return self.a
+
+
+def initial_thresholds(reduction: ReductionConfig, num_vision_tokens: int) -> list[float]:
+    counts = [num_vision_tokens, *reduction.keep_counts]
+    return [1.0 - k / n if n > 0 else 0.0 for n, k in zip(counts[:-1], counts[1:])]
+
+
+def _layer_inputs(lm: nn.Module, state: TokenState, impl: str) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+    mask = build_attention_mask(state.valid, state.hidden.shape[1], impl, state.hidden.dtype)
+    return mask, lm.rotary_emb(state.hidden, position_ids=state.positions)
+
+
+def run_decoder(
+    lm: nn.Module,  # a LlamaModel: embed_tokens, layers, norm, rotary_emb
+    batch: MultimodalBatch,
+    reduction: ReductionConfig,
+    thresholds: StageThresholds | None = None,
+    use_cache: bool = False,
+) -> DecoderOutput:
+    layers = lm.layers
+    L = len(layers)
+    impl = lm.config._attn_implementation
+    exit_layer = reduction.resolved_exit(L)
+    prune_at = {layer: s for s, layer in enumerate(reduction.prune_layers)}
+    a = thresholds() if thresholds is not None else None
+
+    state = text_state(batch)
+    cache = DynamicCache(config=lm.config) if use_cache else None
+    key_valid: list[torch.Tensor] = []
+    stages: list[StageRecord] = []
+    budget_terms: list[torch.Tensor] = []
+    mask = pos_emb = None
+    for i, layer in enumerate(layers, start=1):
+        changed = mask is None
+        if i == reduction.inject_layer:
+            state, changed = inject_vision(state, batch), True
+        if i == exit_layer:
+            state, changed = exit_vision(state), True
+        if changed:  # masks and RoPE tables change only at stage boundaries
+            mask, pos_emb = _layer_inputs(lm, state, impl)
+        if use_cache:
+            key_valid.append(state.valid)
+        state.hidden = layer(
+            state.hidden,
+            attention_mask=mask,
+            position_ids=state.positions,
+            past_key_values=cache,
+            use_cache=use_cache,
+            position_embeddings=pos_emb,
+        )
+        if i in prune_at:
+            s = prune_at[i]
+            k = reduction.keep_counts[s]
+            candidates = state.num_vision
+            grad_ctx = torch.enable_grad() if reduction.topk == "diff" and torch.is_grad_enabled() else torch.no_grad()
+            with grad_ctx:
+                scores = score_vision_tokens(layers[i], lm.rotary_emb, state, batch.query_text_index, batch.query_valid)
+                sel = select_tokens(
+                    scores, k, reduction.topk, None if a is None else a[s], reduction.score_temperature
+                )
+            soft_keep = None
+            if sel.soft_mask is not None:
+                soft_keep = sel.soft_mask.sum(1)  # [B]
+                if a is not None and candidates > 0:
+                    img = batch.has_image.to(sel.soft_mask.dtype)
+                    frac = (sel.soft_mask.mean(1) * img).sum() / img.sum().clamp_min(1.0)
+                    budget_terms.append((frac - k / candidates) ** 2)
+            stages.append(StageRecord(layer=i, candidates=candidates, keep=sel.keep, soft_keep=soft_keep))
+            state = keep_vision(state, sel.keep, sel.scale)
+            mask = None  # rebuilt before the next layer
+    state.hidden = lm.norm(state.hidden)
+    budget = torch.stack(budget_terms).sum() * reduction.budget_weight if budget_terms else None
+    gen = None
+    if use_cache:
+        next_position = (batch.full_lengths()).to(torch.long)
+        gen = GenerationState(cache=cache, key_valid=key_valid, next_position=next_position)
+    return DecoderOutput(hidden=state.hidden, state=state, stages=stages, budget_loss=budget, generation=gen)
+
+
+def decode_step(lm: nn.Module, embeds: torch.Tensor, gen: GenerationState) -> torch.Tensor:
+    """One cached step for new tokens ``embeds`` [B, 1, D]; each layer attends to its own cache.
+
+    Positions come from the full-sequence count kept in ``gen`` (never from a cache length: layer 0's cache holds
+    text only). Returns final-norm hidden states [B, 1, D] and advances ``gen`` in place.
+    """
+    impl = lm.config._attn_implementation
+    B = embeds.shape[0]
+    positions = gen.next_position.unsqueeze(1)  # [B, 1]
+    pos_emb = lm.rotary_emb(embeds, position_ids=positions)
+    new_valid = torch.ones(B, 1, dtype=torch.bool, device=embeds.device)
+    h = embeds
+    # Layers of one stage share a key-validity tensor; extend and mask each distinct one once (no host sync).
+    extended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    for li, layer in enumerate(lm.layers):
+        src = gen.key_valid[li]
+        if id(src) not in extended:
+            kv = torch.cat([src, new_valid], dim=1)
+            extended[id(src)] = (src, kv, build_attention_mask(kv, 1, impl, h.dtype))
+        _, kv, mask = extended[id(src)]
+        gen.key_valid[li] = kv
+        h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=gen.cache, use_cache=True, position_embeddings=pos_emb)
+    gen.next_position = gen.next_position + 1
+    return lm.norm(h)

@@ -1,0 +1,277 @@
+"""Typed, validated token-reduction schedules (HiDrop and the baselines), saved in the checkpoint's config.json.
+
+Layer numbering is 1-based, layers 1..L. Vision tokens are present on layers [inject_layer, exit_layer - 1].
+Pruning "at layer l" happens after layer l runs, takes effect from layer l + 1, and is scored with layer l + 1's
+attention projections. ``exit_layer = L + 1`` means vision never leaves; ``inject_layer = 1`` means vision is
+present from the first layer, as in plain LLaVA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+TopKMode = Literal["hard", "diff"]
+
+# Sentinel for "the last layer + 1" so presets can be written without knowing the depth.
+NO_EXIT = -1
+
+
+class ReductionConfigError(ValueError):
+    """A schedule that cannot run; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class ReductionConfig:
+    """A vision-token schedule for the decoder loop.
+
+    ``keep_counts[s]`` is the number of vision tokens kept after pruning at ``prune_layers[s]``.
+    """
+
+    name: str = "off"
+    inject_layer: int = 1
+    prune_layers: tuple[int, ...] = ()
+    keep_counts: tuple[int, ...] = ()
+    exit_layer: int = NO_EXIT  # NO_EXIT: resolved to num_layers + 1
+    topk: TopKMode = "diff"
+    learn_threshold: bool = False  # learn DTop-K's `a` per stage (see docs/HiDrop.md, "Learned thresholds")
+    budget_weight: float = 1.0  # weight of the budget term when learn_threshold is on
+    score_temperature: float = 1.0  # tau multiplier of the soft rank used only in the backward of topk="diff"
+
+    # ------------------------------------------------------------------ construction
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prune_layers", tuple(int(x) for x in self.prune_layers))
+        object.__setattr__(self, "keep_counts", tuple(int(x) for x in self.keep_counts))
+        if self.topk not in ("hard", "diff"):
+            raise ReductionConfigError(f"topk must be 'hard' or 'diff', got {self.topk!r}")
+        if len(self.prune_layers) != len(self.keep_counts):
+            raise ReductionConfigError(
+                f"prune_layers has {len(self.prune_layers)} entries but keep_counts has {len(self.keep_counts)}; "
+                "they must have the same length"
+            )
+        if self.inject_layer < 1:
+            raise ReductionConfigError(f"inject_layer must be >= 1, got {self.inject_layer}")
+        if self.prune_layers and self.prune_layers[0] < self.inject_layer:
+            raise ReductionConfigError(
+                f"prune_layers[0]={self.prune_layers[0]} is before inject_layer={self.inject_layer}; "
+                "vision must be injected before it can be pruned"
+            )
+        for a, b in zip(self.prune_layers, self.prune_layers[1:]):
+            if b <= a:
+                raise ReductionConfigError(f"prune_layers must be strictly increasing, got {list(self.prune_layers)}")
+        for a, b in zip(self.keep_counts, self.keep_counts[1:]):
+            if b > a:
+                raise ReductionConfigError(f"keep_counts must be non-increasing, got {list(self.keep_counts)}")
+        if any(k < 0 for k in self.keep_counts):
+            raise ReductionConfigError(f"keep_counts must be >= 0, got {list(self.keep_counts)}")
+        if self.exit_layer != NO_EXIT:
+            last = self.prune_layers[-1] if self.prune_layers else self.inject_layer - 1
+            if self.exit_layer <= last:
+                raise ReductionConfigError(
+                    f"exit_layer={self.exit_layer} must be after the last prune layer / inject layer ({last})"
+                )
+        if self.budget_weight < 0:
+            raise ReductionConfigError(f"budget_weight must be >= 0, got {self.budget_weight}")
+        if self.score_temperature <= 0:
+            raise ReductionConfigError(f"score_temperature must be > 0, got {self.score_temperature}")
+
+    def validate_for(self, num_layers: int, num_vision_tokens: int) -> ReductionConfig:
+        """Checks the depth- and width-dependent rules; returns self so it can be chained."""
+        exit_layer = self.resolved_exit(num_layers)
+        if not (1 <= self.inject_layer <= num_layers):
+            raise ReductionConfigError(f"inject_layer={self.inject_layer} must be in [1, {num_layers}] (num_layers)")
+        if not (exit_layer <= num_layers + 1):
+            raise ReductionConfigError(f"exit_layer={exit_layer} must be <= num_layers + 1 = {num_layers + 1}")
+        if exit_layer <= self.inject_layer:
+            raise ReductionConfigError(f"exit_layer={exit_layer} must be > inject_layer={self.inject_layer}")
+        if self.prune_layers and self.prune_layers[-1] >= exit_layer:
+            raise ReductionConfigError(
+                f"prune layer {self.prune_layers[-1]} must be < exit_layer={exit_layer}: the scorer uses layer l + 1"
+            )
+        if self.prune_layers and self.prune_layers[-1] >= num_layers:
+            raise ReductionConfigError(
+                f"prune layer {self.prune_layers[-1]} must be < num_layers={num_layers}: the scorer uses layer l + 1"
+            )
+        if any(k > num_vision_tokens for k in self.keep_counts):
+            raise ReductionConfigError(
+                f"keep_counts {list(self.keep_counts)} exceed the number of vision tokens ({num_vision_tokens})"
+            )
+        return self
+
+    def resolved_exit(self, num_layers: int) -> int:
+        return num_layers + 1 if self.exit_layer == NO_EXIT else self.exit_layer
+
+    @property
+    def is_off(self) -> bool:
+        """True when the schedule is plain LLaVA (vision everywhere, nothing pruned)."""
+        return self.inject_layer == 1 and not self.prune_layers and self.exit_layer == NO_EXIT
+
+    # ------------------------------------------------------------------ accounting
+    def counts_per_layer(self, num_layers: int, num_vision_tokens: int) -> list[int]:
+        """Vision tokens present at the input of each layer 1..L."""
+        exit_layer = self.resolved_exit(num_layers)
+        counts = []
+        for layer in range(1, num_layers + 1):
+            if layer < self.inject_layer or layer >= exit_layer:
+                counts.append(0)
+                continue
+            n = num_vision_tokens
+            for pl, k in zip(self.prune_layers, self.keep_counts):
+                if layer > pl:
+                    n = k
+            counts.append(n)
+        return counts
+
+    def average_vision_tokens(self, num_layers: int, num_vision_tokens: int = 576) -> float:
+        """Mean over all L layers of the vision tokens present at each layer's input."""
+        return sum(self.counts_per_layer(num_layers, num_vision_tokens)) / num_layers
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["prune_layers"] = list(self.prune_layers)
+        d["keep_counts"] = list(self.keep_counts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReductionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ReductionConfigError(f"unknown reduction field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_preset(cls, name: str) -> ReductionConfig:
+        if name not in PRESETS:
+            raise ReductionConfigError(f"unknown reduction preset {name!r}; known presets: {sorted(PRESETS)}")
+        return PRESETS[name]
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> ReductionConfig:
+        """Applies single-field overrides, given as a dict or as ``key=value`` strings (values parsed, not eval'd)."""
+        if not overrides:
+            return self
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if key not in d:
+                raise ReductionConfigError(f"unknown reduction field {key!r}; known: {sorted(d)}")
+            d[key] = value
+        if "name" not in overrides:
+            d["name"] = f"{self.name}+" + ",".join(f"{k}={_fmt(v)}" for k, v in overrides.items())
+        return ReductionConfig.from_dict(d)
+
+    def describe(self, num_layers: int, num_vision_tokens: int) -> str:
+        avg = self.average_vision_tokens(num_layers, num_vision_tokens)
+        return (
+            f"reduction '{self.name}': inject={self.inject_layer} prune={list(self.prune_layers)} "
+            f"keep={list(self.keep_counts)} exit={self.resolved_exit(num_layers)} topk={self.topk} "
+            f"-> average vision tokens {avg:.2f} of {num_vision_tokens} over {num_layers} layers"
+        )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(str(x) for x in v) + ")"
+    return str(v)
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ReductionConfig)}
+
+
+def parse_overrides(items: list[str] | str) -> dict[str, Any]:
+    """Parses ``["exit_layer=24", "keep_counts=215,10,5,1", "topk=hard"]`` into typed values.
+
+    Accepts a single space-separated string too. Integers, tuples of integers, booleans and strings only:
+    never evaluates the text.
+    """
+    if isinstance(items, str):
+        items = items.split()
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ReductionConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in _FIELD_TYPES:
+            raise ReductionConfigError(f"unknown reduction field {key!r}; known: {sorted(_FIELD_TYPES)}")
+        raw = raw.strip()
+        try:
+            if key in ("prune_layers", "keep_counts"):
+                raw = raw.strip("()[]")
+                out[key] = tuple(int(x) for x in raw.split(",") if x.strip()) if raw else ()
+            elif key in ("inject_layer", "exit_layer"):
+                out[key] = int(raw)
+            elif key in ("budget_weight", "score_temperature"):
+                out[key] = float(raw)
+            elif key == "learn_threshold":
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                out[key] = raw.lower() in ("true", "1")
+            else:
+                out[key] = raw
+        except ValueError as e:
+            raise ReductionConfigError(f"cannot parse override {item!r}: {e}") from None
+    return out
+
+
+def resolve_reduction(
+    preset: str | None = None,
+    overrides: dict[str, Any] | list[str] | str | None = None,
+    base: ReductionConfig | dict | None = None,
+) -> ReductionConfig:
+    """preset (if given) replaces ``base``; then single-field overrides apply."""
+    if preset:
+        cfg = ReductionConfig.from_preset(preset)
+    elif isinstance(base, dict):
+        cfg = ReductionConfig.from_dict(base)
+    elif base is not None:
+        cfg = base
+    else:
+        cfg = PRESETS["off"]
+    if isinstance(overrides, str):
+        overrides = parse_overrides(overrides)
+    return cfg.with_overrides(overrides)
+
+
+def _hidrop(name: str, prune: tuple[int, ...], keep: tuple[int, ...], inject: int = 9, exit_: int = 25) -> ReductionConfig:
+    return ReductionConfig(name=name, inject_layer=inject, prune_layers=prune, keep_counts=keep, exit_layer=exit_)
+
+
+PRESETS: dict[str, ReductionConfig] = {
+    "off": ReductionConfig(name="off"),
+    # The paper's 7B settings (Vicuna-7B, 32 layers, 576 vision tokens).
+    "tok64": _hidrop("tok64", (10, 14, 16, 18), (215, 10, 5, 1)),
+    "tok48": _hidrop("tok48", (10, 14, 16, 18), (87, 10, 5, 1)),
+    "tok80": _hidrop("tok80", (10, 13, 16, 19), (453, 10, 5, 1)),
+    # MobileLLaMA-2.7B (32 layers): inject 15, exit 28, filter layers 16,19,22,25 (paper, section 4.1).
+    # Vision is present on layers 15..27 = 13 layers, so the counts must sum to 64 * 32 = 2048 over them:
+    # 576 * 2 (layers 15-16) + k1 * 3 (17-19) + k2 * 3 (20-22) + k3 * 3 (23-25) + k4 * 2 (26-27) = 2048.
+    # Keeping the 7B tail (k2, k3, k4) = (10, 5, 1) gives 3 * k1 = 2048 - 1152 - 30 - 15 - 2 = 849, k1 = 283.
+    "mobilellama-tok64": _hidrop("mobilellama-tok64", (16, 19, 22, 25), (283, 10, 5, 1), inject=15, exit_=28),
+    # Baselines expressed as schedules in the same loop.
+    # PDrop: drop half at layers 8, 16, 24 -> (576*8 + 288*8 + 144*8 + 72*8) / 32 = 270.
+    "pdrop": ReductionConfig(name="pdrop", prune_layers=(8, 16, 24), keep_counts=(288, 144, 72), topk="hard"),
+    # FastV (K=2, R=75% pruned): keep 144 after layer 2 -> (576*2 + 144*30) / 32 = 171.
+    "fastv": ReductionConfig(name="fastv", prune_layers=(2,), keep_counts=(144,), topk="hard"),
+    # The embedded demo: an 8-layer LLM with 64 vision tokens (2x2 grid of 8x8 patches per digit).
+    # Vision on layers 3..6: 64 (layer 3), 32 (4), 12 (5), 4 (6) -> (64 + 32 + 12 + 4) / 8 = 14.0.
+    "tiny": ReductionConfig(name="tiny", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(32, 12, 4), exit_layer=7),
+}
+
+
+def reduction_to_json(cfg: ReductionConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+__all__ = [
+    "NO_EXIT",
+    "PRESETS",
+    "ReductionConfig",
+    "ReductionConfigError",
+    "parse_overrides",
+    "resolve_reduction",
+]

@@ -1,0 +1,145 @@
+"""A slow, obviously correct HiDrop forward used only by tests.
+
+It runs the full-length, upstream-spliced sequence through every layer and expresses injection, pruning and exit
+as attention masks plus held hidden states: a vision token that is not present at a layer is hidden from every
+query and keeps its previous hidden state (so before injection it holds the projector output). Per-sample Python
+loops are fine here; clarity is the point.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def upstream_splice(model, input_ids, attention_mask, images):
+    """Upstream LLaVA's splice (right padding): returns embeds [B,F,D], valid, is_vision, vision index, positions."""
+    vision = model.encode_images(images, input_ids.shape[0])  # [B, N, D]
+    N = vision.shape[1]
+    rows = []
+    for b in range(input_ids.shape[0]):
+        ids = input_ids[b][attention_mask[b].bool()]
+        parts, vis_idx = [], []
+        ph = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+        if ph:
+            p = ph[0]
+            parts = [model.model.embed_tokens(ids[:p]), vision[b], model.model.embed_tokens(ids[p + 1 :])]
+            vis_idx = [-1] * p + list(range(N)) + [-1] * (len(ids) - p - 1)
+        else:
+            parts = [model.model.embed_tokens(ids)]
+            vis_idx = [-1] * len(ids)
+        rows.append((torch.cat(parts), torch.tensor(vis_idx)))
+    F_len = max(r[0].shape[0] for r in rows)
+    D = vision.shape[-1]
+    B = len(rows)
+    emb = torch.zeros(B, F_len, D)
+    valid = torch.zeros(B, F_len, dtype=torch.bool)
+    vis = torch.full((B, F_len), -1, dtype=torch.long)
+    for b, (e, v) in enumerate(rows):
+        emb[b, : e.shape[0]] = e
+        valid[b, : e.shape[0]] = True
+        vis[b, : e.shape[0]] = v
+    positions = torch.arange(F_len).unsqueeze(0).expand(B, -1)
+    return emb, valid, vis, positions
+
+
+def upstream_labels(input_ids, attention_mask, labels, num_vision):
+    out = []
+    for b in range(input_ids.shape[0]):
+        m = attention_mask[b].bool()
+        ids, lab = input_ids[b][m], labels[b][m]
+        ph = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+        if ph:
+            p = ph[0]
+            lab = torch.cat([lab[:p], torch.full((num_vision,), IGNORE_INDEX), lab[p + 1 :]])
+        out.append(lab)
+    F_len = max(len(x) for x in out)
+    res = torch.full((len(out), F_len), IGNORE_INDEX)
+    for b, x in enumerate(out):
+        res[b, : len(x)] = x
+    return res
+
+
+def _mask(active: torch.Tensor, dtype) -> torch.Tensor:
+    B, F_len = active.shape
+    causal = torch.tril(torch.ones(F_len, F_len, dtype=torch.bool))
+    allowed = causal.unsqueeze(0) & active.unsqueeze(1)
+    allowed = allowed | ~allowed.any(-1, keepdim=True)
+    return torch.zeros(B, 1, F_len, F_len, dtype=dtype).masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
+def reference_scores(layer, rotary, h, positions, active, vis, queries_before, current_vis):
+    """Eager attention probabilities of layer `layer` from each query row to the current vision tokens."""
+    attn = layer.self_attn
+    B, F_len, _ = h.shape
+    x = layer.input_layernorm(h)
+    hd = attn.head_dim
+    q = attn.q_proj(x).view(B, F_len, -1, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(B, F_len, -1, hd).transpose(1, 2)
+    cos, sin = rotary(x, positions)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    logits = (q.float() @ k.float().transpose(2, 3)) * attn.scaling + _mask(active, torch.float32)
+    probs = torch.softmax(logits, -1).mean(1)  # [B, F, F]
+    scores = []
+    for b in range(B):
+        rows = [j for j in queries_before[b]]
+        cols = current_vis[b]
+        if rows:
+            scores.append(probs[b][rows][:, cols].mean(0))
+        else:
+            scores.append(torch.zeros(len(cols)))
+    return scores
+
+
+def reference_forward(model, batch, reduction, kept_per_stage):
+    """Text logits keyed by (row, position) and per-stage reference scores, given the fast path's kept indices."""
+    lm = model.model
+    L = len(lm.layers)
+    input_ids, attention_mask, images = batch["input_ids"], batch["attention_mask"], batch["images"]
+    labels = batch.get("labels")
+    h, valid, vis, positions = upstream_splice(model, input_ids, attention_mask, images)
+    N = model.config.num_vision_tokens
+    full_labels = upstream_labels(input_ids, attention_mask, labels, N) if labels is not None else None
+    exit_layer = reduction.resolved_exit(L)
+    B, F_len, _ = h.shape
+    current = [list(range(N)) if (vis[b] >= 0).any() else [] for b in range(B)]  # present vision indices
+    stage = 0
+    ref_scores = []
+    cos_sin = lm.rotary_emb(h, positions)
+    for i, layer in enumerate(lm.layers, start=1):
+        window = reduction.inject_layer <= i < exit_layer
+        active = valid.clone()
+        for b in range(B):
+            for j in range(F_len):
+                if vis[b, j] >= 0:
+                    active[b, j] = window and int(vis[b, j]) in current[b]
+        out = layer(h, attention_mask=_mask(active, h.dtype), position_ids=positions, position_embeddings=cos_sin)
+        h = torch.where(active.unsqueeze(-1), out, h)
+        if stage < len(reduction.prune_layers) and reduction.prune_layers[stage] == i:
+            # queries: the active token just before each answer start (training) or the last prompt token
+            qs = []
+            for b in range(B):
+                act = active[b].nonzero().flatten().tolist()
+                if full_labels is None:
+                    qs.append([act[-1]])
+                    continue
+                starts = [t for t in range(F_len) if full_labels[b, t] != IGNORE_INDEX and (t == 0 or full_labels[b, t - 1] == IGNORE_INDEX)]
+                qs.append([max(a for a in act if a < t) for t in starts if any(a < t for a in act)])
+            cur_cols = []
+            for b in range(B):
+                cols = [j for j in range(F_len) if vis[b, j] >= 0 and int(vis[b, j]) in current[b]]
+                cur_cols.append(cols if cols else [0] * 0)
+            ref_scores.append(reference_scores(lm.layers[i], lm.rotary_emb, h, positions, active, vis, qs, cur_cols))
+            keep = kept_per_stage[stage]
+            current = [[current[b][int(r)] for r in keep[b]] if current[b] else [] for b in range(B)]
+            stage += 1
+    logits = model.lm_head(lm.norm(h)).float()
+    text = {}
+    for b in range(B):
+        for j in range(F_len):
+            if valid[b, j] and vis[b, j] < 0:
+                text[(b, int(positions[b, j]))] = logits[b, j]
+    return text, ref_scores
