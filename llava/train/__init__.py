@@ -1,0 +1,1 @@
+"""Training: arguments, data, trainer and entry point."""

@@ -1,0 +1,193 @@
+"""Training entry point for both LLaVA stages, with the token-reduction schedule of the model config.
+
+    torchrun --nproc_per_node 8 -m llava.train.train --deepspeed scripts/zero3.json ...   (see scripts/*.sh)
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import AutoTokenizer, CLIPImageProcessor
+
+from llava.model.builder import default_attn_implementation
+from llava.model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.reduction.config import resolve_reduction
+from llava.train.arguments import build_parser
+from llava.train.collator import DataCollatorForSupervisedDataset
+from llava.train.dataset import LazySupervisedDataset
+from llava.train.trainer import LLaVATrainer, _gather_to_cpu
+
+logger = logging.getLogger("llava.train")
+
+TEMPLATES = {"plain": "plain", "v1": "vicuna_v1", "vicuna_v1": "vicuna_v1", "llava_v1": "llava_v1"}
+
+
+class TrainingSetupError(ValueError):
+    """A flag combination this codebase does not support; the message names the flag."""
+
+
+def _uses_zero3(ds_config) -> bool:
+    if not ds_config:
+        return False
+    import json
+
+    cfg = ds_config if isinstance(ds_config, dict) else json.load(open(ds_config))
+    return cfg.get("zero_optimization", {}).get("stage") == 3
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
+        argv += ["--use_cpu", "True"]  # DeepSpeed on CPU needs accelerate's MULTI_CPU state (gloo)
+    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(args=argv)
+    if training_args.warmup_ratio is not None:
+        if not 0 <= training_args.warmup_ratio < 1:
+            raise TrainingSetupError(f"--warmup_ratio {training_args.warmup_ratio} must be in [0, 1)")
+        training_args.warmup_steps = training_args.warmup_ratio
+    if training_args.bits != 16:
+        raise TrainingSetupError(f"--bits {training_args.bits}: only 16-bit training is supported")
+    if model_args.mm_use_im_start_end:
+        raise TrainingSetupError("--mm_use_im_start_end True is not supported (LLaVA-1.5 does not use it)")
+    if model_args.mm_patch_merge_type != "flat":
+        raise TrainingSetupError(f"--mm_patch_merge_type {model_args.mm_patch_merge_type}: only 'flat' (LLaVA-1.5)")
+    if model_args.version not in TEMPLATES:
+        raise TrainingSetupError(f"--version {model_args.version!r}: expected one of {sorted(TEMPLATES)}")
+    if data_args.on_bad_sample not in ("raise", "skip"):
+        raise TrainingSetupError(f"--on_bad_sample {data_args.on_bad_sample!r}: expected 'raise' or 'skip'")
+    return model_args, data_args, training_args
+
+
+def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    config = LlavaConfig.from_pretrained(model_args.model_name_or_path)
+    base_reduction = config.reduction if model_args.reduction == "checkpoint" else None
+    red = resolve_reduction(None if base_reduction else model_args.reduction, model_args.reduction_overrides, base=base_reduction)
+    config.reduction = red.to_dict()
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.tokenizer_model_max_length = training_args.model_max_length
+    config.tokenizer_padding_side = "right"
+    config.use_cache = False
+    attn = model_args.attn_implementation or default_attn_implementation()
+    model = LlavaLlamaForCausalLM.from_pretrained(
+        model_args.model_name_or_path, config=config, dtype=dtype, attn_implementation=attn
+    )
+    if model_args.vision_tower:
+        model.initialize_vision_modules(
+            model_args.vision_tower, model_args.mm_projector_type, model_args.mm_vision_select_layer,
+            model_args.mm_vision_select_feature, model_args.pretrain_mm_mlp_adapter,
+        )
+    elif not config.vision_config:
+        raise TrainingSetupError("--vision_tower is required when the base model has no vision tower")
+    red.validate_for(model.config.num_hidden_layers, model.config.num_vision_tokens)
+    logger.info(red.describe(model.config.num_hidden_layers, model.config.num_vision_tokens))
+
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+        model.model.mm_projector.requires_grad_(True)
+    if training_args.freeze_mm_mlp_adapter:
+        model.model.mm_projector.requires_grad_(False)
+    model.model.vision_tower.requires_grad_(False)
+    if model.reduction_thresholds is not None:
+        model.reduction_thresholds.requires_grad_(True)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = _wrap_lora(model, training_args)
+    return model
+
+
+def _wrap_lora(model, args):
+    from peft import LoraConfig, get_peft_model
+
+    skip = ("mm_projector", "vision_tower", "lm_head", "reduction_thresholds")
+    targets = sorted({n.split(".")[-1] for n, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)})
+    cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets, lora_dropout=args.lora_dropout,
+                     bias=args.lora_bias, task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    for n, p in model.named_parameters():
+        if "mm_projector" in n or "reduction_thresholds" in n:
+            p.requires_grad_(True)
+    return model
+
+
+def save_trained(trainer: LLaVATrainer, model, tokenizer, image_processor, model_args, training_args) -> None:
+    out = training_args.output_dir
+    if model_args.tune_mm_mlp_adapter:
+        trainer._save(out)
+    elif training_args.lora_enable:
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+        extra = _gather_to_cpu(named)
+        if training_args.should_save:
+            model.base_model.model.config.save_pretrained(out)
+            model.save_pretrained(out)
+            torch.save(extra, os.path.join(out, "non_lora_trainables.bin"))
+    else:
+        trainer.save_model(out)
+    if training_args.should_save:
+        tokenizer.save_pretrained(out)
+        image_processor.save_pretrained(out)
+
+
+def train(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if training_args.should_log else logging.WARNING)
+    if training_args.deepspeed and _uses_zero3(training_args.deepspeed) and not torch.cuda.is_available():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")  # before zero.Init builds the model on CPU ranks
+
+    existing = glob.glob(os.path.join(training_args.output_dir, "checkpoint-*"))
+    if existing and not training_args.resume_from_checkpoint:
+        logger.warning("%s has %d checkpoint(s); not resuming (pass --resume_from_checkpoint to continue)",
+                       training_args.output_dir, len(existing))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
+                                              padding_side="right")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token  # upstream: pad = unk
+    model = build_model(model_args, data_args, training_args)
+    base = model.base_model.model if training_args.lora_enable else model
+    image_processor = CLIPImageProcessor.from_pretrained(model_args.vision_tower or model_args.model_name_or_path)
+
+    dataset = LazySupervisedDataset(
+        data_args.data_path, tokenizer, image_processor, data_args.image_folder, TEMPLATES[model_args.version],
+        data_args.image_aspect_ratio, base.config.num_vision_tokens, training_args.model_max_length,
+        data_args.on_bad_sample,
+    )
+    trainer = LLaVATrainer(
+        model=model, args=training_args, train_dataset=dataset,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer.pad_token_id), processing_class=None,
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_state()
+    save_trained(trainer, model, tokenizer, image_processor, model_args, training_args)
+    dataset.report_skips(logger)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    train()
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU communication threads can abort at interpreter teardown ("terminate called without an
+        # active exception"), turning a finished run into a failure. Everything is saved and the process group
+        # is closed by now, so leave without running C++ destructors.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
