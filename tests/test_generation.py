@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import random_batch, tiny_model
 
 from llava.model import PRESETS, ReductionConfig
-from tiny import random_batch, tiny_model
 
 SCHEDULES = [
     PRESETS["off"],
-    PRESETS["tiny"].with_overrides({"keep_counts": (9, 4, 2)}),
+    ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(9, 4, 2), exit_layer=7),
     ReductionConfig(name="no-exit", inject_layer=2, prune_layers=(4,), keep_counts=(3,)),
     ReductionConfig(name="exit-only", inject_layer=4, exit_layer=6),
 ]

@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
+from hidrop_reference import reference_forward, upstream_labels, upstream_splice
+from tiny import random_batch, tiny_model
 from transformers import LlamaModel
 
-from hidrop_reference import reference_forward, upstream_labels, upstream_splice
 from llava.model import PRESETS, ReductionConfig
-from tiny import random_batch, tiny_model
 
 
 def fast_text_logits(model, out):
@@ -120,7 +120,7 @@ def test_exact_k_and_labels_aligned():
 
 def test_batched_equals_single_forward():
     model = tiny_model(seed=5)
-    red = PRESETS["tiny"].with_overrides({"keep_counts": (9, 4, 2)})
+    red = ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(9, 4, 2), exit_layer=7)
     lengths, image_at = [17, 9, 13], [4, None, 2]
     batch = random_batch(model, lengths, image_at, seed=5)
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_batched_equals_single_forward():
 def test_text_only_batch_runs_every_module_once_per_layer():
     """ZeRO-3 safety: the same modules run the same number of times with and without images."""
     model = tiny_model(seed=2)
-    red = PRESETS["tiny"].with_overrides({"keep_counts": (8, 4, 2), "topk": "diff"})
+    red = ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(8, 4, 2), exit_layer=7)
     counts: dict[str, int] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
              for name, m in model.named_modules() if name]
@@ -163,7 +163,7 @@ def test_diff_topk_gives_scorer_gradients_hard_does_not():
     for mode in ("diff", "hard"):
         red = ReductionConfig(name=mode, inject_layer=2, prune_layers=(3,), keep_counts=(5,), exit_layer=7, topk=mode)
         seen = []
-        hook = scorer.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+        hook = scorer.q_proj.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.requires_grad))
         model.zero_grad()
         model(**batch, reduction=red).loss.backward()
         hook.remove()
@@ -176,7 +176,7 @@ def test_diff_topk_gives_scorer_gradients_hard_does_not():
 
 
 def test_learned_threshold_gets_gradient_and_budget_loss():
-    model = tiny_model(seed=6, reduction=PRESETS["tiny"].with_overrides({"keep_counts": (8, 4, 2), "learn_threshold": True})).train()
+    model = tiny_model(seed=6, reduction=ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(8, 4, 2), exit_layer=7, learn_threshold=True)).train()
     batch = random_batch(model, [14, 12], [2, 2], seed=6)
     out = model(**batch)
     assert out.budget_loss is not None

@@ -18,7 +18,7 @@ def test_preset_averages(name, avg):
 
 
 def test_tiny_preset_average():
-    assert PRESETS["tiny"].average_vision_tokens(8, 64) == 14.0
+    assert PRESETS["tiny"].average_vision_tokens(8, 64) == 26.0
 
 
 @pytest.mark.parametrize("kwargs,field", [

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_fixtures import build_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -258,8 +258,8 @@ PRESETS: dict[str, ReductionConfig] = {
     # FastV (K=2, R=75% pruned): keep 144 after layer 2 -> (576*2 + 144*30) / 32 = 171.
     "fastv": ReductionConfig(name="fastv", prune_layers=(2,), keep_counts=(144,), topk="hard"),
     # The embedded demo: an 8-layer LLM with 64 vision tokens (2x2 grid of 8x8 patches per digit).
-    # Vision on layers 3..6: 64 (layer 3), 32 (4), 12 (5), 4 (6) -> (64 + 32 + 12 + 4) / 8 = 14.0.
-    "tiny": ReductionConfig(name="tiny", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(32, 12, 4), exit_layer=7),
+    # Vision on layers 2..6: 64 (layers 2-3), 32 (4-5), 16 (6) -> (64 * 2 + 32 * 2 + 16) / 8 = 26.0.
+    "tiny": ReductionConfig(name="tiny", inject_layer=2, prune_layers=(3, 5), keep_counts=(32, 16), exit_layer=7),
 }
 
 

@@ -1,0 +1,154 @@
+"""One training step (forward + backward of the language model on spliced embeddings) and one prefill,
+`off` against `tok64`, side by side, on a 32-layer model of reduced width with 576 vision tokens.
+
+Prints measured speedups next to the FLOPs-ideal speedup for the exact shapes (every matmul and attention counted,
+the scorer included), and the forward time spent in scoring + top-k + gathering as a share of the HiDrop step.
+
+    python benchmarks/bench_hidrop_step.py [--hidden 256 --text 160 --batch 4 --reps 5 --dtype fp32|bf16 --device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import CLIPVisionConfig
+
+import llava.model.decoder as decoder
+from llava.model import PRESETS, LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.llava_llama import causal_lm_loss
+from llava.model.multimodal_inputs import split_multimodal_batch
+
+TIMED = ("score_vision_tokens", "select_tokens", "inject_vision", "keep_vision", "exit_vision")
+
+
+def build(args) -> LlavaLlamaForCausalLM:
+    d = args.hidden
+    vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2)
+    cfg = LlavaConfig(vocab_size=args.vocab, hidden_size=d, intermediate_size=int(d * 11008 / 4096), num_hidden_layers=32,
+                      num_attention_heads=max(1, d // 128) * 1 if d >= 128 else 1, max_position_embeddings=4096,
+                      vision_config={k: v for k, v in vision.to_dict().items() if not k.startswith("_")},
+                      mm_hidden_size=32)
+    cfg.num_attention_heads = max(1, d // 64)
+    cfg.num_key_value_heads = cfg.num_attention_heads
+    cfg.head_dim = d // cfg.num_attention_heads
+    cfg._attn_implementation = args.attn
+    return LlavaLlamaForCausalLM(cfg).to(args.device, args.dtype)
+
+
+def make_batch(model, args):
+    B, T, N = args.batch, args.text, 576
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, args.vocab, (B, T + 1), generator=g)
+    ids[:, 35] = -200  # image after a 35-token system prompt, as in the vicuna_v1 template
+    labels = ids.clone()
+    labels[:, : T - 40] = -100  # the last 40 tokens are the answer
+    vision = torch.randn(B, N, model.config.hidden_size, generator=g).to(args.device, args.dtype)
+    return ids.to(args.device), torch.ones_like(ids).to(args.device), labels.to(args.device), vision
+
+
+def step(model, batch, red, train: bool) -> None:
+    ids, mask, labels, vision = batch
+    with torch.set_grad_enabled(train):
+        mb = split_multimodal_batch(ids, mask, vision, model.model.embed_tokens, labels if train else None)
+        out = decoder.run_decoder(model.model, mb, red)
+        if train:
+            loss = causal_lm_loss(model.lm_head(out.hidden).float(), out.state.labels)
+            loss.backward()
+        else:
+            model.lm_head(out.hidden[:, -1:])
+    if ids.is_cuda:
+        torch.cuda.synchronize()
+
+
+def layer_flops(n: int, d: int, m: int, kv: int) -> float:
+    return 2 * n * d * (2 * d + 2 * kv) + 2 * n * 3 * d * m + 4 * n * n * d  # projections, SwiGLU, QK^T and AV
+
+
+def forward_flops(red, L, d, m, kv, T, N, V, B, train: bool, n_queries: int = 1) -> float:
+    counts = red.counts_per_layer(L, N)
+    total = sum(layer_flops(T + c, d, m, kv) for c in counts)
+    for pl in red.prune_layers:  # scorer: norm-free q on the query rows, k on all tokens, q.K^T
+        n = T + counts[pl - 1]
+        total += 2 * n_queries * d * d + 2 * n * d * kv + 2 * n_queries * n * d
+    total += 2 * (T if train else 1) * d * V
+    return B * total
+
+
+def timed(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--text", type=int, default=160)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    args = p.parse_args()
+    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    torch.manual_seed(0)
+    model = build(args).train()
+    batch = make_batch(model, args)
+    cfg = model.config
+    L, d, m, kv = 32, cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
+    off, tok64 = PRESETS["off"], PRESETS["tok64"]
+
+    # forward-time of the reduction pieces, measured by wrapping them where the decoder calls them
+    spent = {"t": 0.0}
+    originals = {name: getattr(decoder, name) for name in TIMED}
+
+    def wrap(fn):
+        def inner(*a, **k):
+            t = time.perf_counter()
+            r = fn(*a, **k)
+            if batch[0].is_cuda:
+                torch.cuda.synchronize()
+            spent["t"] += time.perf_counter() - t
+            return r
+        return inner
+
+    results = {}
+    for mode in ("train", "prefill"):
+        train = mode == "train"
+        t_off = timed(lambda train=train: step(model, batch, off, train), args.reps)
+        t_hd = timed(lambda train=train: step(model, batch, tok64, train), args.reps)
+        results[mode] = (t_off, t_hd)
+    for name in TIMED:
+        setattr(decoder, name, wrap(originals[name]))
+    spent["t"] = 0.0
+    t_wrapped = timed(lambda: step(model, batch, tok64, True), args.reps)
+    share = spent["t"] / (args.reps + 1) / t_wrapped
+    for name, fn in originals.items():
+        setattr(decoder, name, fn)
+
+    V, B, T = args.vocab, args.batch, args.text + 1
+    print(f"model: 32 layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "
+          f"text {T} tokens + 576 vision; {args.device} {str(args.dtype).split('.')[-1]} {args.attn}")
+    print(f"schedule tok64: average vision tokens {tok64.average_vision_tokens(32):.1f}")
+    for mode, (t_off, t_hd) in results.items():
+        train = mode == "train"
+        f_off = forward_flops(off, L, d, m, kv, T, 576, V, B, train)
+        f_hd = forward_flops(tok64, L, d, m, kv, T, 576, V, B, train)
+        ideal = f_off / f_hd
+        measured = t_off / t_hd
+        print(f"{mode:8s} off {t_off * 1e3:8.1f} ms | tok64 {t_hd * 1e3:8.1f} ms | measured speedup {measured:.2f}x | "
+              f"FLOPs-ideal {ideal:.2f}x | measured/ideal {measured / ideal:.2f}")
+    print(f"scoring + top-k + gathering (forward): {share * 100:.2f}% of the tok64 training step")
+
+
+if __name__ == "__main__":
+    main()

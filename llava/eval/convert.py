@@ -1,0 +1,96 @@
+"""Writes merged answers in the file formats of upstream tools and evaluation servers.
+
+    python -m llava.eval.convert --bench gqa    --answers-file merge.jsonl --output testdev_balanced_predictions.json
+    python -m llava.eval.convert --bench vqav2  --answers-file merge.jsonl --question-file llava_vqav2_mscoco_test2015.jsonl --output upload.json
+    python -m llava.eval.convert --bench vizwiz --answers-file merge.jsonl --question-file llava_test.jsonl --output upload.json
+    python -m llava.eval.convert --bench seed   --answers-file merge.jsonl --output upload.jsonl
+
+- GQA: ``[{"questionId": str, "prediction": text.rstrip('.').lower()}]``, the official eval.py input.
+- VQAv2 (EvalAI challenge 830, phase test-dev2015): a JSON list ``[{"question_id": int, "answer": str}]`` over
+  *all* test2015 questions, answers EvalAI-normalized, ``""`` for the test-std-only questions that test-dev does
+  not include. Every question of the test-dev answers must be present.
+- VizWiz: ``[{"image": "VizWiz_test_XXXXXXXX.jpg", "answer": str}]`` with EvalAI-normalized answers; every test
+  question must have an answer.
+- SEED: the optional leaderboard upload, JSON lines ``{"question_id", "prediction"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from llava.eval.files import EvalDataError, iter_jsonl, qid_key, read_jsonl, write_json, write_jsonl
+from llava.eval.scorers.gqa import convert_prediction
+from llava.eval.scorers.vqa import evalai_normalize
+
+logger = logging.getLogger("llava.eval.convert")
+
+CONVERTIBLE = ("gqa", "vqav2", "vizwiz", "seed")
+
+
+def gqa_predictions(answers: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"questionId": str(a["question_id"]), "prediction": convert_prediction(str(a["text"]))} for a in answers]
+
+
+def vqav2_submission(answers: Sequence[dict[str, Any]], test_questions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per test2015 question, in the test file's order; ``""`` where there is no answer."""
+    by_key = {qid_key(a["question_id"]): str(a["text"]) for a in answers}
+    test_keys = {qid_key(q["question_id"]) for q in test_questions}
+    unknown = [k for k in by_key if k not in test_keys]
+    if unknown:
+        raise EvalDataError(f"{len(unknown)} answers are not test2015 questions, e.g. {unknown[:5]}")
+    out = []
+    for q in test_questions:
+        text = by_key.get(qid_key(q["question_id"]))
+        out.append({"question_id": int(q["question_id"]), "answer": "" if text is None else evalai_normalize(text)})
+    blank = len(test_questions) - len(by_key)
+    logger.info("VQAv2 upload: %d answered, %d blank (questions outside the answered split)", len(by_key), blank)
+    return out
+
+
+def vizwiz_submission(answers: Sequence[dict[str, Any]], test_questions: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    by_key = {qid_key(a["question_id"]): str(a["text"]) for a in answers}
+    missing = [q["question_id"] for q in test_questions if qid_key(q["question_id"]) not in by_key]
+    if missing:
+        raise EvalDataError(f"{len(missing)} VizWiz test questions have no answer, e.g. {missing[:5]}")
+    return [{"image": q["image"], "answer": evalai_normalize(by_key[qid_key(q["question_id"])])} for q in test_questions]
+
+
+def seed_upload(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"question_id": a["question_id"], "prediction": str(a["text"])} for a in answers]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.eval.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", required=True, choices=CONVERTIBLE)
+    p.add_argument("--answers-file", required=True, help="merged answers (JSONL)")
+    p.add_argument("--question-file", default=None, help="VQAv2: the full test2015 list; VizWiz: llava_test.jsonl")
+    p.add_argument("--output", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    answers = read_jsonl(args.answers_file, "answers file")
+    if args.bench == "gqa":
+        write_json(args.output, gqa_predictions(answers), indent=None)
+    elif args.bench == "seed":
+        write_jsonl(args.output, seed_upload(answers))
+    else:
+        if not args.question_file:
+            parser.error(f"--bench {args.bench} needs --question-file (the full test question list)")
+        test_questions = [r for _, r in iter_jsonl(args.question_file, "test question file")]
+        if args.bench == "vqav2":
+            write_json(args.output, vqav2_submission(answers, test_questions), indent=None)
+        else:
+            write_json(args.output, vizwiz_submission(answers, test_questions), indent=None)
+    logger.info("wrote %s (%d bytes)", args.output, os.path.getsize(args.output))
+
+
+if __name__ == "__main__":
+    main()

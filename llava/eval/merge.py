@@ -1,0 +1,108 @@
+"""Merges the runner's chunk files into one answers file in question order, and fails loudly otherwise.
+
+    python -m llava.eval.merge --bench gqa --question-file Q --chunks-dir DIR --num-chunks N --output merge.jsonl
+    python -m llava.eval.merge --bench gqa --question-file Q --inputs a.jsonl b.jsonl --output merge.jsonl
+
+Upstream concatenated chunk files with ``cat``; a crashed chunk or a rerun then produced a short or doubled
+file that POPE/MME scored by position without complaint. Here the question file defines the expected ids:
+a missing id, a duplicate id (within or across chunks), an unknown id, or answers from runs with different
+settings are errors that name the ids and files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from llava.eval.benchmarks import BENCHMARK_NAMES, get_benchmark
+from llava.eval.files import EvalDataError, answer_key, iter_jsonl, read_json, write_json, write_jsonl
+
+logger = logging.getLogger("llava.eval.merge")
+
+
+def chunk_files(chunks_dir: str, num_chunks: int) -> list[str]:
+    """The runner's chunk file names, ``{N}_{i}.jsonl``, as the upstream scripts name them."""
+    return [os.path.join(chunks_dir, f"{num_chunks}_{i}.jsonl") for i in range(num_chunks)]
+
+
+def merge_answers(question_keys: Sequence[str], inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Answers from ``inputs`` ordered like ``question_keys``; raises on missing, duplicate or unknown ids."""
+    expected = set(question_keys)
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+    run_ids: dict[str, str] = {}
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise EvalDataError(f"chunk file missing: {path} (did that chunk's process fail?)")
+        for lineno, rec in iter_jsonl(path, "answers file"):
+            if "question_id" not in rec:
+                raise EvalDataError(f"answers file {path}, line {lineno}: no question_id")
+            key = answer_key(rec)
+            if key not in expected:
+                raise EvalDataError(f"answers file {path}, line {lineno}: question {rec['question_id']!r} is not in the question file")
+            if key in found:
+                raise EvalDataError(
+                    f"duplicate answer for question {rec['question_id']!r}: in {found[key][1]} and {path}, line {lineno}"
+                )
+            found[key] = (rec, path)
+            if rec.get("run_id") is not None:
+                run_ids.setdefault(str(rec["run_id"]), f"{path}, line {lineno}")
+    if len(run_ids) > 1:
+        raise EvalDataError(f"answers come from runs with different settings: {run_ids}")
+    missing = [k for k in question_keys if k not in found]
+    if missing:
+        raise EvalDataError(
+            f"{len(missing)} of {len(question_keys)} questions have no answer, e.g. {missing[:10]}; rerun the "
+            "benchmark script (it resumes) to fill them in"
+        )
+    return [found[k][0] for k in question_keys]
+
+
+def merge_run_info(inputs: Sequence[str]) -> dict[str, Any] | None:
+    """The chunks' ``.run.json`` records, checked to describe the same run; the most complete one is kept."""
+    infos = [read_json(f"{p}.run.json", "run info") for p in inputs if os.path.isfile(f"{p}.run.json")]
+    if not infos:
+        return None
+    ids = {i.get("run_id") for i in infos}
+    if len(ids) > 1:
+        raise EvalDataError(f"chunk run-info files disagree on the run settings: run ids {sorted(map(str, ids))}")
+    return max(infos, key=lambda i: sum(v is not None for v in i.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.eval.merge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
+    p.add_argument("--question-file", required=True)
+    p.add_argument("--output", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inputs", nargs="+", help="chunk files, in chunk order")
+    src.add_argument("--chunks-dir", help="folder holding the runner's {N}_{i}.jsonl files (needs --num-chunks)")
+    p.add_argument("--num-chunks", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chunks_dir is not None:
+        if not args.num_chunks or args.num_chunks < 1:
+            parser.error("--chunks-dir needs --num-chunks >= 1")
+        inputs = chunk_files(args.chunks_dir, args.num_chunks)
+    else:
+        inputs = args.inputs
+    questions = get_benchmark(args.bench).load_questions(args.question_file)
+    merged = merge_answers([q.key for q in questions], inputs)
+    write_jsonl(args.output, merged)
+    info = merge_run_info(inputs)
+    if info is not None:
+        write_json(f"{args.output}.run.json", info)
+    else:
+        logger.warning("no run-info files next to the chunks; the report will lack the efficiency columns")
+    logger.info("merged %d answers from %d file(s) into %s", len(merged), len(inputs), args.output)
+
+
+if __name__ == "__main__":
+    main()

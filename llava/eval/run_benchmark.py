@@ -1,0 +1,469 @@
+"""The one inference runner for every benchmark.
+
+    python -m llava.eval.run_benchmark --bench gqa --model-path CKPT --question-file Q --image-folder IMG \
+        --answers-file OUT.jsonl --num-chunks N --chunk-idx I [--batch-size B] \
+        [--reduction-preset tok64] [--reduction-override "exit_layer=24 topk=hard"]
+
+Why it is shaped this way:
+- Chunks are contiguous slices of the question list (one process per GPU), so concatenating the chunk files
+  in index order restores the question order; ``llava.eval.merge`` checks that nothing is missing or doubled.
+- It resumes: answers are appended and flushed batch by batch, and a rerun skips the ids already in the file.
+  A truncated last line (a killed process) is dropped and redone. Every line carries a ``run_id``, a hash
+  of what determines the answers (benchmark, model, schedule, decoding), so a rerun with a different schedule
+  refuses to mix its answers into the same file instead of silently skipping questions.
+- Decoding is greedy. Batch size 1 is the reference; larger batches left-pad the prompts and pass the
+  attention mask, and must give the same answers.
+- The efficiency of the schedule actually run (average vision tokens, vision TFLOPs) is written next to the
+  answers (``<answers>.run.json``) so the report can put Table 2's columns next to the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llava.eval.benchmarks import BENCHMARK_NAMES, Benchmark, Question, get_benchmark
+from llava.eval.files import EvalDataError, answer_key, read_json, write_json
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+logger = logging.getLogger("llava.eval.run_benchmark")
+
+DEFAULT_CONV_MODE = "vicuna_v1"
+
+
+# --------------------------------------------------------------------------------------------------- chunks
+def chunk_bounds(num_items: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
+    """[start, end) of chunk ``chunk_idx``: contiguous pieces of ceil(n / num_chunks) items, as upstream.
+
+    Unlike upstream, a chunk index past the last piece gives an empty chunk instead of an IndexError, so a
+    script can always launch one process per GPU.
+    """
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be >= 1, got {num_chunks}")
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, {num_chunks}), got {chunk_idx}")
+    size = math.ceil(num_items / num_chunks) if num_items else 0
+    start = min(chunk_idx * size, num_items)
+    return start, min(start + size, num_items)
+
+
+def check_unique_ids(questions: Sequence[Question], where: str) -> None:
+    seen: set[str] = set()
+    for q in questions:
+        if q.key in seen:
+            raise EvalDataError(f"{where}: duplicate question id {q.qid!r}")
+        seen.add(q.key)
+
+
+# --------------------------------------------------------------------------------------------------- resume
+def run_id_of(identity: dict[str, Any]) -> str:
+    """A short stable hash of the settings that determine the answers (not batch size or chunking)."""
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_existing_answers(path: str, allowed: set[str], run_id: str) -> set[str]:
+    """Ids already answered in ``path``; validates them and drops a truncated final line.
+
+    Errors: an id outside this chunk (the file was written with different chunking), a duplicate id, or a
+    line from a run with different settings.
+    """
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        content = f.read()
+    lines = content.split("\n")
+    tail_broken = False
+    if lines and lines[-1].strip():
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            tail_broken = True
+    if tail_broken:
+        logger.warning("%s: dropping a truncated last line from an interrupted run; it will be redone", path)
+        content = content[: content.rfind("\n") + 1] if "\n" in content else ""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+        lines = content.split("\n")
+    done: set[str] = set()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalDataError(f"answers file {path}, line {lineno}: malformed JSON ({e})") from None
+        key = answer_key(rec)
+        if key not in allowed:
+            raise EvalDataError(
+                f"answers file {path}, line {lineno}: question {rec.get('question_id')!r} is not in this chunk; "
+                "was it written with a different --num-chunks/--chunk-idx or question file?"
+            )
+        if key in done:
+            raise EvalDataError(f"answers file {path}, line {lineno}: duplicate question {rec.get('question_id')!r}")
+        if rec.get("run_id") != run_id:
+            raise EvalDataError(
+                f"answers file {path}, line {lineno}: written by a run with different settings "
+                f"(run_id {rec.get('run_id')!r}, this run {run_id!r}; see {path}.run.json). "
+                "Use another answers file (CKPT) or delete this one."
+            )
+        done.add(key)
+    return done
+
+
+# --------------------------------------------------------------------------------------------------- backend
+class GenerationBackend(Protocol):
+    """Turns question texts (and optional images) into answers. The real one wraps a LLaVA model."""
+
+    def generate(self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[str]: ...
+
+
+def vicuna_prompt(text: str, has_image: bool, conv_mode: str = DEFAULT_CONV_MODE) -> str:
+    """The upstream eval prompt: the image token first, then a newline and the question text."""
+    from llava.constants import DEFAULT_IMAGE_TOKEN
+    from llava.conversation import get_conv_template
+
+    conv = get_conv_template(conv_mode)
+    conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{text}" if has_image else text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+class LlavaBackend:
+    """Batched greedy generation with a LLaVA model, following the model contract.
+
+    Prompts are left-padded with the tokenizer's pad id and masked; samples without an image get an all-zero
+    image tensor and carry no image placeholder, which the model treats as text-only. ``template``,
+    ``tokenize`` and ``preprocess`` default to the model package's own functions and can be replaced (tests).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        conv_mode: str = DEFAULT_CONV_MODE,
+        template: Callable[[str, bool], str] | None = None,
+        tokenize: Callable[[str], torch.Tensor] | None = None,
+        preprocess: Callable[[list[Image.Image]], torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.template = template or (lambda text, has_image: vicuna_prompt(text, has_image, conv_mode))
+        self.tokenize = tokenize or self._default_tokenize
+        self.preprocess = preprocess or self._default_preprocess
+        self._blank_shape: tuple[int, ...] | None = None
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise EvalDataError("the tokenizer has no pad_token_id; batched generation needs one")
+        self.pad_token_id = int(pad)
+
+    def _default_tokenize(self, prompt: str) -> torch.Tensor:
+        from llava.mm_utils import tokenizer_image_token
+
+        return tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+
+    def _default_preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        from llava.mm_utils import process_images
+
+        aspect = getattr(getattr(self.model, "config", None), "image_aspect_ratio", "pad")
+        return process_images(images, self.image_processor, aspect)
+
+    def _image_shape(self) -> tuple[int, ...]:
+        if self._blank_shape is None:
+            from PIL import Image
+
+            self._blank_shape = tuple(self.preprocess([Image.new("RGB", (8, 8))]).shape[1:])
+        return self._blank_shape
+
+    def _placement(self) -> tuple[torch.device, torch.dtype]:
+        import torch
+
+        params = list(self.model.parameters()) if hasattr(self.model, "parameters") else []
+        if params:
+            float_params = [p for p in params if p.is_floating_point()]
+            p = float_params[0] if float_params else params[0]
+            return p.device, (p.dtype if p.is_floating_point() else torch.float32)
+        return torch.device("cpu"), torch.float32
+
+    def generate(self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[str]:
+        import torch
+
+        device, dtype = self._placement()
+        ids = [self.tokenize(self.template(t, img is not None)).long().view(-1) for t, img in zip(texts, images)]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x) :] = x
+            attention_mask[row, width - len(x) :] = 1
+        real = [img for img in images if img is not None]
+        processed = self.preprocess(real) if real else None
+        shape = tuple(processed.shape[1:]) if processed is not None else self._image_shape()
+        pixels = torch.zeros((len(ids), *shape), dtype=torch.float32)
+        if processed is not None:
+            rows = [i for i, img in enumerate(images) if img is not None]
+            pixels[rows] = processed.to(torch.float32)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                images=pixels.to(device=device, dtype=dtype),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# --------------------------------------------------------------------------------------------------- loop
+def generate_answers(
+    backend: GenerationBackend,
+    adapter: Benchmark,
+    questions: Sequence[Question],
+    image_folder: str,
+    answers_file: str,
+    batch_size: int,
+    max_new_tokens: int,
+    record_fields: dict[str, Any],
+) -> int:
+    """Answers ``questions`` in batches and appends one JSON line per question; returns how many were written.
+
+    Each batch is flushed before the next starts, so an interruption loses at most one batch.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    os.makedirs(os.path.dirname(os.path.abspath(answers_file)), exist_ok=True)
+    written = 0
+    with open(answers_file, "a", encoding="utf-8") as out, tqdm(total=len(questions), desc=adapter.name, unit="q") as bar:
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start : start + batch_size]
+            images = [adapter.load_image(q, image_folder) for q in batch]
+            texts = backend.generate([q.text for q in batch], images, max_new_tokens)
+            if len(texts) != len(batch):
+                raise RuntimeError(f"the model returned {len(texts)} answers for a batch of {len(batch)}")
+            for q, text in zip(batch, texts):
+                record = {"question_id": q.qid, "prompt": q.text, "text": text, **q.extra, **record_fields}
+                if q.uid is not None:
+                    record["uid"] = q.uid
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            written += len(batch)
+            bar.update(len(batch))
+    return written
+
+
+# --------------------------------------------------------------------------------------------------- model
+def parse_override_args(values: Sequence[str] | None) -> list[str]:
+    """``--reduction-override`` may repeat and each value may hold several space-separated key=value pairs."""
+    items: list[str] = []
+    for v in values or []:
+        items.extend(v.split())
+    for item in items:
+        if "=" not in item:
+            raise EvalDataError(f"--reduction-override {item!r} is not of the form key=value")
+    return items
+
+
+def _saved_reduction(model: Any, model_path: str) -> Any:
+    """The schedule the loaded model runs: an attribute of the model, else the checkpoint's config.json."""
+    for owner in (model, getattr(model, "config", None)):
+        for attr in ("reduction_config", "reduction"):
+            value = getattr(owner, attr, None) if owner is not None else None
+            if value is not None:
+                return value
+    config_path = os.path.join(model_path, "config.json")
+    if os.path.isfile(config_path):
+        return read_json(config_path, "checkpoint config").get("reduction")
+    return None
+
+
+def _num_vision_tokens(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in ("num_vision_tokens", "mm_num_vision_tokens"):
+        if getattr(config, attr, None):
+            return int(getattr(config, attr))
+    get_tower = getattr(model, "get_vision_tower", None)
+    tower = get_tower() if callable(get_tower) else None
+    if tower is not None and getattr(tower, "num_patches", None):
+        return int(tower.num_patches)
+    return None
+
+
+def describe_efficiency(model: Any, model_path: str, preset: str | None, overrides: list[str]) -> dict[str, Any]:
+    """Schedule and Table 2 figures (average vision tokens, vision TFLOPs) for the model as loaded.
+
+    Best effort: fields the model does not expose are left as None rather than guessed.
+    """
+    info: dict[str, Any] = {"reduction": None, "avg_vision_tokens": None, "vision_tflops": None}
+    config = getattr(model, "config", None)
+    num_layers = getattr(config, "num_hidden_layers", None)
+    hidden = getattr(config, "hidden_size", None)
+    ffn = getattr(config, "intermediate_size", None)
+    info["llm"] = {"num_layers": num_layers, "hidden": hidden, "ffn": ffn}
+    try:
+        from llava.model.reduction.config import ReductionConfig, resolve_reduction
+    except ImportError:
+        return info
+    saved = _saved_reduction(model, model_path)
+    if isinstance(saved, ReductionConfig):
+        cfg = saved
+    else:
+        cfg = resolve_reduction(preset, overrides, base=saved if isinstance(saved, dict) else None)
+    info["reduction"] = cfg.to_dict()
+    nv = _num_vision_tokens(model)
+    info["num_vision_tokens"] = nv
+    if num_layers and nv:
+        counts = cfg.counts_per_layer(int(num_layers), nv)
+        info["avg_vision_tokens"] = sum(counts) / int(num_layers)
+        try:
+            from llava.eval.efficiency import vision_tflops
+        except ImportError:
+            vision_tflops = None
+        if vision_tflops is not None and hidden and ffn:
+            info["vision_tflops"] = float(vision_tflops(counts, int(hidden), int(ffn)))
+    return info
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """("cuda" | "cpu", dtype name). auto picks the GPU when there is one and then fp16, as upstream LLaVA
+    evaluates; on CPU fp32 (fp16 matmuls there are slow or missing)."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device == "cuda" else "float32"
+    return device, dtype
+
+
+def load_backend(args: argparse.Namespace, overrides: list[str]) -> tuple[LlavaBackend, Any]:
+    """Loads the checkpoint with its saved schedule, or the preset/overrides given on the command line."""
+    import torch
+
+    from llava.model.builder import load_pretrained_model
+
+    device, dtype_name = resolve_device_dtype(args.device, args.dtype)
+    dtype = getattr(torch, dtype_name)
+    override_dict: dict[str, Any] | None = None
+    if overrides:
+        from llava.model.reduction.config import parse_overrides
+
+        override_dict = parse_overrides(overrides)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path,
+        model_base=args.model_base,
+        device=device,
+        torch_dtype=dtype,
+        reduction=args.reduction_preset or None,
+        reduction_overrides=override_dict,
+    )
+    model.eval()
+    return LlavaBackend(model, tokenizer, image_processor, conv_mode=args.conv_mode), model
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _optional_int(value: str) -> int | None:
+    """An int flag that scripts may pass as an empty string to mean "the default"."""
+    return int(value) if value.strip() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.eval.run_benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-base", default=None, help="base LLM for LoRA/projector-only checkpoints")
+    p.add_argument("--model-id", default=None, help="written into every answer; default: basename of --model-path")
+    p.add_argument("--question-file", required=True)
+    p.add_argument("--image-folder", default="", help="images are looked up relative to this folder")
+    p.add_argument("--answers-file", required=True)
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="1 is the reference mode; larger batches give the same answers")
+    p.add_argument(
+        "--max-new-tokens", type=_optional_int, default=None, help="default (or empty): the benchmark's upstream value (128 or 1024)"
+    )
+    p.add_argument("--conv-mode", default=DEFAULT_CONV_MODE)
+    p.add_argument("--reduction-preset", default="", help="preset replacing the checkpoint's saved schedule (e.g. tok64, off); empty: keep it")
+    p.add_argument(
+        "--reduction-override",
+        action="append",
+        default=[],
+        help="key=value single-field schedule overrides; repeatable, or several separated by spaces",
+    )
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"), help="auto: float16 on GPU, float32 on CPU")
+    return p
+
+
+def run(
+    args: argparse.Namespace,
+    load: Callable[[argparse.Namespace, list[str]], tuple[GenerationBackend, Any]] = load_backend,
+) -> int:
+    """Answers this chunk's unanswered questions; returns how many were generated.
+
+    ``load`` builds the backend (and returns the model for the efficiency figures); it is only called when
+    there is something left to answer, so a rerun of a finished chunk costs no model load.
+    """
+    adapter = get_benchmark(args.bench)
+    questions = adapter.load_questions(args.question_file)
+    check_unique_ids(questions, args.question_file)
+    start, end = chunk_bounds(len(questions), args.num_chunks, args.chunk_idx)
+    chunk = questions[start:end]
+    overrides = parse_override_args(args.reduction_override)
+    max_new_tokens = args.max_new_tokens or adapter.max_new_tokens
+    identity = {
+        "bench": args.bench,
+        "model_path": os.path.abspath(args.model_path),
+        "model_base": args.model_base,
+        "reduction_preset": args.reduction_preset or None,
+        "reduction_overrides": overrides,
+        "conv_mode": args.conv_mode,
+        "max_new_tokens": max_new_tokens,
+        "dtype": resolve_device_dtype(args.device, args.dtype)[1],
+    }
+    run_id = run_id_of(identity)
+    done = load_existing_answers(args.answers_file, {q.key for q in chunk}, run_id)
+    todo = [q for q in chunk if q.key not in done]
+    logger.info(
+        "%s chunk %d/%d: questions %d-%d (%d), %d already answered, %d to do",
+        args.bench, args.chunk_idx, args.num_chunks, start, end, len(chunk), len(done), len(todo),
+    )
+    run_info_path = f"{args.answers_file}.run.json"
+    model_id = args.model_id or os.path.basename(os.path.normpath(args.model_path))
+    run_info: dict[str, Any] = {**identity, "run_id": run_id, "model_id": model_id}
+    if not todo:
+        if not os.path.exists(args.answers_file):
+            os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
+            open(args.answers_file, "a").close()
+        if not os.path.exists(run_info_path):
+            write_json(run_info_path, run_info)
+        return 0
+    backend, model = load(args, overrides)
+    run_info.update(describe_efficiency(model, args.model_path, args.reduction_preset or None, overrides))
+    write_json(run_info_path, run_info)
+    n = generate_answers(
+        backend, adapter, todo, args.image_folder, args.answers_file, args.batch_size, max_new_tokens,
+        {"model_id": model_id, "run_id": run_id},
+    )
+    logger.info("wrote %d answers to %s", n, args.answers_file)
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Scores one benchmark, prints the score lines and writes a JSON result for ``llava.eval.report``.
+
+    python -m llava.eval.score --bench gqa --answers-file testdev_balanced_predictions.json \
+        --question-file llava_gqa_testdev_balanced.jsonl --annotation-file testdev_balanced_questions.json \
+        --result-file results/CKPT/gqa.json --label CKPT
+
+Which inputs each benchmark reads is documented on its adapter (``llava.eval.benchmarks``) and in
+docs/Evaluation.md. With ``--question-file`` the answers are first checked to cover exactly the question
+file's ids. A score reported by an evaluation server (VQAv2 test-dev, VizWiz test) can be recorded with
+``--manual-score`` so that the report can show it next to locally scored benchmarks.
+
+The result JSON holds the score, the unparsed-output count, the breakdowns, and the run information the
+runner recorded (model, schedule, average vision tokens, vision TFLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from llava.eval.benchmarks import BENCHMARK_NAMES, ScoreInputs, get_benchmark
+from llava.eval.files import EvalDataError, answer_key, read_json, write_json
+from llava.eval.scorers.common import ScoreResult
+from llava.eval.scorers.mmbench import Judge
+
+logger = logging.getLogger("llava.eval.score")
+
+
+def load_judge(spec: str | None) -> Judge | None:
+    """Imports the optional MMBench judge hook given as ``module:function`` (never evaluates text)."""
+    if not spec:
+        return None
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise EvalDataError(f"--judge must look like 'package.module:function', got {spec!r}")
+    func = getattr(importlib.import_module(module_name), func_name, None)
+    if not callable(func):
+        raise EvalDataError(f"--judge {spec!r}: {func_name} is not a callable in {module_name}")
+    return func
+
+
+def check_coverage(answer_keys: Sequence[str], question_keys: Sequence[str], question_file: str) -> None:
+    """Answers must cover exactly the questions: a missing or extra id means a broken merge or a wrong file."""
+    qset, aset = set(question_keys), set(answer_keys)
+    missing = [k for k in question_keys if k not in aset]
+    extra = [k for k in answer_keys if k not in qset]
+    if missing or extra:
+        raise EvalDataError(
+            f"answers do not match {question_file}: {len(missing)} question(s) unanswered (e.g. {missing[:5]}), "
+            f"{len(extra)} answer(s) for unknown ids (e.g. {extra[:5]})"
+        )
+
+
+def result_record(
+    bench: str, result: ScoreResult, args: argparse.Namespace, run_info: dict[str, Any] | None, source: str
+) -> dict[str, Any]:
+    adapter = get_benchmark(bench)
+    return {
+        "bench": bench,
+        "title": adapter.title,
+        "label": args.label,
+        **result.to_dict(),
+        "source": source,
+        "proxy": adapter.server_only and source == "local",
+        "run": run_info,
+        "inputs": {
+            "answers_file": args.answers_file,
+            "question_file": args.question_file,
+            "annotation_file": args.annotation_file,
+            "annotation_dir": args.annotation_dir,
+            "split": args.split,
+        },
+        "scored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.eval.score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
+    p.add_argument("--answers-file", default=None, help="merged answers (GQA: also the converted predictions JSON)")
+    p.add_argument("--question-file", default=None, help="checks coverage; the ground truth for MMBench/MMStar")
+    p.add_argument("--annotation-file", default=None, help="GQA/VQAv2/VizWiz/TextVQA/SEED ground truth")
+    p.add_argument("--annotation-dir", default=None, help="POPE/MME/ScienceQA ground-truth folder")
+    p.add_argument("--split", default=None, help="ScienceQA split (default: test)")
+    p.add_argument("--judge", default=None, help="MMBench only: optional judge hook 'module:function' (off by default)")
+    p.add_argument("--result-file", default=None, help="where to write the JSON result for the report")
+    p.add_argument("--label", default=None, help="the report row this result belongs to (default: the model id)")
+    p.add_argument("--run-info", default=None, help="runner's run info (default: <answers-file>.run.json if present)")
+    p.add_argument("--manual-score", type=float, default=None, help="record a score reported by an evaluation server")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    adapter = get_benchmark(args.bench)
+    run_info_path = args.run_info or (f"{args.answers_file}.run.json" if args.answers_file else None)
+    run_info = read_json(run_info_path, "run info") if run_info_path and os.path.isfile(run_info_path) else None
+    if args.label is None:
+        args.label = (run_info or {}).get("model_id") or "unnamed"
+    if args.manual_score is not None:
+        result = ScoreResult(bench=args.bench, metric="server score", score=args.manual_score, num_scored=0, num_unparsed=0)
+        source = "server"
+    else:
+        if not args.answers_file:
+            parser.error("--answers-file is required unless --manual-score is given")
+        answers = adapter.read_answers(args.answers_file)
+        if args.question_file:
+            questions = adapter.load_questions(args.question_file)
+            check_coverage([answer_key(a) for a in answers], [q.key for q in questions], args.question_file)
+        inputs = ScoreInputs(
+            answers_file=args.answers_file,
+            question_file=args.question_file,
+            annotation_file=args.annotation_file,
+            annotation_dir=args.annotation_dir,
+            split=args.split,
+            judge=load_judge(args.judge),
+        )
+        result = adapter.score(answers, inputs)
+        source = "local"
+    result.bench = args.bench
+    for line in result.summary_lines(adapter.title):
+        print(line)
+    if args.result_file:
+        write_json(args.result_file, result_record(args.bench, result, args, run_info, source))
+        logger.info("result written to %s", args.result_file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# MMBench-CN dev, circular evaluation with rule-based option extraction (no GPT judge unless JUDGE is set).
+# The TSV holds the images (base64) and, for dev, the answers.
+#
+# Files under $DATA_ROOT/mmbench_cn/ (upstream names):
+#   mmbench_dev_cn_20231003.tsv     the MMBench-CN dev TSV
+# Outputs:
+#   answers/mmbench_dev_cn_20231003/$CKPT/merge.jsonl
+#   $RESULTS_DIR/$CKPT/mmbench_cn.json; prints "MMBench-CN circular accuracy: XX.XX"
+#
+# Extra environment:
+#   JUDGE                optional judge hook "package.module:function" for outputs the rules cannot read
+#                        (called as judge(question, options, output) -> letter or None); off by default
+#
+# Environment (all optional):
+#   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
+#   CKPT                 answers/results folder name (default: basename of MODEL_PATH, plus -$REDUCTION and
+#                        the overrides when set)
+#   LABEL                row label in the report (default: $CKPT)
+#   DATA_ROOT            benchmark data root (default ./playground/data/eval)
+#   RESULTS_DIR          score JSONs go to $RESULTS_DIR/$CKPT/<bench>.json (default $DATA_ROOT/results)
+#   CHUNKS               parallel chunks (default: number of GPUs in CUDA_VISIBLE_DEVICES, or 1 on CPU)
+#   CUDA_VISIBLE_DEVICES GPUs to use; chunk i is pinned to the i-th one
+#   REDUCTION            schedule preset replacing the checkpoint's saved schedule (e.g. tok64, off)
+#   REDUCTION_OVERRIDES  space-separated key=value schedule overrides (e.g. "exit_layer=24")
+#   BATCH_SIZE           questions per generate call (default 1, the reference mode)
+#   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   PYTHON               python command (default python)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+BENCH_DIR="$DATA_ROOT/mmbench_cn"
+SPLIT=mmbench_dev_cn_20231003
+QUESTIONS="$BENCH_DIR/$SPLIT.tsv"
+ANSWERS_DIR="$BENCH_DIR/answers/$SPLIT/$CKPT"
+need_file "$QUESTIONS" "MMBench-CN dev TSV (mmbench_dev_cn_20231003.tsv)"
+
+run_chunks mmbench_cn "$QUESTIONS" "$BENCH_DIR" "$ANSWERS_DIR"
+
+$PYTHON -m llava.eval.score \
+    --bench mmbench_cn \
+    --answers-file "$ANSWERS_DIR/merge.jsonl" \
+    --question-file "$QUESTIONS" \
+    --judge "${JUDGE:-}" \
+    --result-file "$RESULTS_DIR/$CKPT/mmbench_cn.json" \
+    --label "$LABEL"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# MMStar val (1,500 questions): official first-character rule, correct / 1,500, with the per-category breakdown.
+# LLaVA has no official MMStar prompt; the LLaVA-style option-letter suffix is used (docs/Evaluation.md).
+#
+# Files under $DATA_ROOT/mmstar/:
+#   MMStar.tsv       the OpenCompass TSV (base64 images), or set MMSTAR_FILE to a JSONL with
+#                    index, question, answer, category, l2_category and image (a path under $DATA_ROOT/mmstar)
+# Outputs:
+#   answers/MMStar/$CKPT/merge.jsonl
+#   $RESULTS_DIR/$CKPT/mmstar.json; prints "MMStar accuracy: XX.XX"
+#
+# Extra environment:
+#   MMSTAR_FILE          question file (default $DATA_ROOT/mmstar/MMStar.tsv)
+#
+# Environment (all optional):
+#   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
+#   CKPT                 answers/results folder name (default: basename of MODEL_PATH, plus -$REDUCTION and
+#                        the overrides when set)
+#   LABEL                row label in the report (default: $CKPT)
+#   DATA_ROOT            benchmark data root (default ./playground/data/eval)
+#   RESULTS_DIR          score JSONs go to $RESULTS_DIR/$CKPT/<bench>.json (default $DATA_ROOT/results)
+#   CHUNKS               parallel chunks (default: number of GPUs in CUDA_VISIBLE_DEVICES, or 1 on CPU)
+#   CUDA_VISIBLE_DEVICES GPUs to use; chunk i is pinned to the i-th one
+#   REDUCTION            schedule preset replacing the checkpoint's saved schedule (e.g. tok64, off)
+#   REDUCTION_OVERRIDES  space-separated key=value schedule overrides (e.g. "exit_layer=24")
+#   BATCH_SIZE           questions per generate call (default 1, the reference mode)
+#   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   PYTHON               python command (default python)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+BENCH_DIR="$DATA_ROOT/mmstar"
+QUESTIONS="${MMSTAR_FILE:-$BENCH_DIR/MMStar.tsv}"
+ANSWERS_DIR="$BENCH_DIR/answers/MMStar/$CKPT"
+need_file "$QUESTIONS" "MMStar question file (MMStar.tsv)"
+
+run_chunks mmstar "$QUESTIONS" "$BENCH_DIR" "$ANSWERS_DIR"
+
+$PYTHON -m llava.eval.score \
+    --bench mmstar \
+    --answers-file "$ANSWERS_DIR/merge.jsonl" \
+    --question-file "$QUESTIONS" \
+    --result-file "$RESULTS_DIR/$CKPT/mmstar.json" \
+    --label "$LABEL"
