@@ -2,6 +2,36 @@
 # torchrun starts one process per GPU, or NPROC CPU ranks over gloo when no GPU is present. torchrun (not the
 # deepspeed launcher) is used everywhere: it leaves no shared-memory files behind on CPU machines.
 # PRINT_ARGS_ONLY=1 prints the training flags one per line and exits (CI parses every script's flags).
+
+# Flags both stages share (LLaVA-1.5: 1 epoch, cosine, warmup 0.03, no weight decay, checkpointing, ...).
+ARGS+=(
+    --output_dir "$OUTPUT_DIR"
+    --num_train_epochs "$EPOCHS"
+    --max_steps "$MAX_STEPS"
+    --per_device_train_batch_size "$BATCH_PER_DEVICE"
+    --per_device_eval_batch_size 4
+    --gradient_accumulation_steps "$GRAD_ACCUM"
+    --eval_strategy no
+    --save_strategy steps
+    --save_steps "$SAVE_STEPS"
+    --save_total_limit 1
+    --learning_rate "$LR"
+    --weight_decay 0.
+    --warmup_ratio 0.03
+    --lr_scheduler_type cosine
+    --logging_steps 1
+    --model_max_length "$MODEL_MAX_LENGTH"
+    --gradient_checkpointing True
+    --dataloader_num_workers "$WORKERS"
+    --lazy_preprocess True
+    --report_to "$REPORT_TO"
+)
+case "$PRECISION" in
+    bf16) ARGS+=(--bf16 True --tf32 True) ;;
+    fp16) ARGS+=(--fp16 True) ;;
+    fp32) ;;
+    *) echo "PRECISION must be bf16, fp16 or fp32, got '$PRECISION'" >&2; exit 2 ;;
+esac
 if [[ "${PRINT_ARGS_ONLY:-0}" == "1" ]]; then
     printf '%s\n' "${ARGS[@]}"
     exit 0
@@ -12,5 +42,7 @@ if [[ -z "${NPROC:-}" ]]; then
     NPROC=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
 export TOKENIZERS_PARALLELISM=false
+# DeepSpeed calls deprecated torch.distributed functions every step; keep the progress bars readable.
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
 exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" \
     -m llava.train.train "${ARGS[@]}" "$@"

@@ -59,34 +59,8 @@ ARGS=(
     --on_bad_sample "$ON_BAD_SAMPLE"
     --reduction "$REDUCTION"
     --reduction_overrides "$REDUCTION_OVERRIDES"
-    --output_dir "$OUTPUT_DIR"
-    --num_train_epochs "$EPOCHS"
-    --max_steps "$MAX_STEPS"
-    --per_device_train_batch_size "$BATCH_PER_DEVICE"
-    --per_device_eval_batch_size 4
-    --gradient_accumulation_steps "$GRAD_ACCUM"
-    --eval_strategy no
-    --save_strategy steps
-    --save_steps "$SAVE_STEPS"
-    --save_total_limit 1
-    --learning_rate "$LR"
-    --weight_decay 0.
-    --warmup_ratio 0.03
-    --lr_scheduler_type cosine
-    --logging_steps 1
-    --model_max_length "$MODEL_MAX_LENGTH"
-    --gradient_checkpointing True
-    --dataloader_num_workers "$WORKERS"
-    --lazy_preprocess True
-    --report_to "$REPORT_TO"
 )
 if [[ "$LORA" == "1" ]]; then
     ARGS+=(--lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5)
 fi
-case "$PRECISION" in
-    bf16) ARGS+=(--bf16 True --tf32 True) ;;
-    fp16) ARGS+=(--fp16 True) ;;
-    fp32) ;;
-    *) echo "PRECISION must be bf16, fp16 or fp32, got '$PRECISION'" >&2; exit 2 ;;
-esac
 source ./scripts/_launch.sh

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from pathlib import Path
+
 import torch
 from train_fixtures import build_tiny_assets
 
@@ -92,3 +94,30 @@ def test_missing_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no model weights"):
         load_pretrained_model(str(tmp_path / "empty"))
+
+
+def test_cli_chats_about_an_image(assets, tmp_path, capsys):
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from llava.serve.cli import main
+
+    model = _model(assets, tmp_path)
+    model.save_pretrained(tmp_path / "full")
+    AutoTokenizer.from_pretrained(assets["llm"]).save_pretrained(tmp_path / "full")
+    CLIPImageProcessor.from_pretrained(assets["clip"]).save_pretrained(tmp_path / "full")
+    image = Path(assets["images"]) / "0000.png"
+    questions = iter(["What digit is this?", "Is it even?"])
+
+    def fake_input(prompt):
+        try:
+            return next(questions)
+        except StopIteration:
+            raise EOFError from None
+
+    rc = main(["--model-path", str(tmp_path / "full"), "--image-file", str(image), "--temperature", "0",
+               "--max-new-tokens", "4", "--reduction", "off"], input_fn=fake_input)
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("ASSISTANT:") == 2
+    assert main(["--model-path", str(tmp_path / "full"), "--image-file", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err

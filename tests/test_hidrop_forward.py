@@ -195,3 +195,18 @@ def test_ties_are_deterministic():
     sel = differentiable_topk(scores.clone().requires_grad_(True), 4)
     assert sel.keep.tolist() == [[0, 1, 2, 3]]
     assert torch.equal(sel.scale.detach(), torch.ones(1, 4))  # forward value exactly 1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    red = ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(8, 4, 2), exit_layer=7)
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model(seed=11).train()
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        batch = random_batch(model, [15, 12], [2, None], seed=11)
+        model(**batch, reduction=red).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)

@@ -102,6 +102,8 @@ class QA:
     semantic: str  # GQA "types.semantic": obj / attr / rel / global
     detailed: str  # GQA "types.detailed"
     program: tuple[tuple[str, str], ...] = ()  # (operation, argument) steps, GQA "semantic" field
+    cell: int | None = None  # the cell the question is about, if any
+    digit: int | None = None  # the digit class the question names, if any
 
 
 @lru_cache(maxsize=1)
@@ -263,6 +265,7 @@ def position_query(grid: Grid, rng: np.random.Generator) -> QA:
         semantic="attr",
         detailed="positionQuery",
         program=(("select", f"digit ({pos})"), ("query", "name")),
+        cell=cell,
     )
 
 
@@ -285,6 +288,7 @@ def exist_verify(grid: Grid, rng: np.random.Generator, digit: int | None = None)
         semantic="obj",
         detailed="exist",
         program=(("select", f"digit {digit}"), ("exist", "?")),
+        digit=digit,
     )
 
 
@@ -305,6 +309,8 @@ def position_verify(grid: Grid, rng: np.random.Generator) -> QA:
         semantic="attr",
         detailed="verifyAttr",
         program=(("select", f"digit ({pos})"), ("verify name", str(digit))),
+        cell=cell,
+        digit=digit,
     )
 
 
@@ -323,6 +329,7 @@ def choose(grid: Grid, rng: np.random.Generator) -> QA:
         semantic="attr",
         detailed="chooseAttr",
         program=(("select", f"digit ({pos})"), ("choose name", f"{a}|{b}")),
+        cell=cell,
     )
 
 
@@ -342,6 +349,7 @@ def count(grid: Grid, rng: np.random.Generator) -> QA:
         semantic="obj",
         detailed="count",
         program=(("select", f"digit {digit}"), ("count", "?")),
+        digit=digit,
     )
 
 

@@ -99,17 +99,14 @@ class LLaVATrainer(Trainer):
         red = cfg.reduction_config
         L, N = cfg.num_hidden_layers, cfg.num_vision_tokens
         realised = [s.keep.shape[1] for s in outputs.stages]  # exact k per stage (hard forward)
-        counts = red.counts_per_layer(L, N)
-        if realised:
-            # rebuild the per-layer counts from what the forward actually kept
-            counts = _counts_from_stages(red, L, N, realised)
+        counts = red.counts_per_layer(L, N, realised)
         self._vision_stats.setdefault("vision_tokens_avg", []).append(sum(counts) / L)
         soft = [s.soft_keep for s in outputs.stages if s.soft_keep is not None]
         if soft:
             has_img = inputs["input_ids"].eq(-200).any(1).float()
             soft_counts = [float((sk.detach() * has_img).sum() / has_img.sum().clamp_min(1)) for sk in soft]
             self._vision_stats.setdefault("vision_tokens_soft_avg", []).append(
-                sum(_counts_from_stages(red, L, N, soft_counts)) / L
+                sum(red.counts_per_layer(L, N, soft_counts)) / L
             )
         if outputs.budget_loss is not None:
             self._vision_stats.setdefault("budget_loss", []).append(float(outputs.budget_loss.detach()))
@@ -141,21 +138,6 @@ class LLaVATrainer(Trainer):
                 raise ValueError(f"unexpected keys in {path}: {missing.unexpected_keys[:5]}")
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-
-def _counts_from_stages(red, L: int, N: int, realised: list[float]) -> list[float]:
-    exit_layer = red.resolved_exit(L)
-    counts = []
-    for layer in range(1, L + 1):
-        if layer < red.inject_layer or layer >= exit_layer:
-            counts.append(0.0)
-            continue
-        n = float(N)
-        for pl, k in zip(red.prune_layers, realised):
-            if layer > pl:
-                n = float(k)
-        counts.append(n)
-    return counts
 
 
 def _offloads_optimizer(args) -> bool:

@@ -109,16 +109,22 @@ class ReductionConfig:
         return self.inject_layer == 1 and not self.prune_layers and self.exit_layer == NO_EXIT
 
     # ------------------------------------------------------------------ accounting
-    def counts_per_layer(self, num_layers: int, num_vision_tokens: int) -> list[int]:
-        """Vision tokens present at the input of each layer 1..L."""
+    def counts_per_layer(
+        self, num_layers: int, num_vision_tokens: int, stage_counts: list[float] | None = None
+    ) -> list[float]:
+        """Vision tokens present at the input of each layer 1..L.
+
+        ``stage_counts`` replaces ``keep_counts`` with counts a forward actually realised (e.g. soft expected counts).
+        """
         exit_layer = self.resolved_exit(num_layers)
+        kept = self.keep_counts if stage_counts is None else stage_counts
         counts = []
         for layer in range(1, num_layers + 1):
             if layer < self.inject_layer or layer >= exit_layer:
                 counts.append(0)
                 continue
             n = num_vision_tokens
-            for pl, k in zip(self.prune_layers, self.keep_counts):
+            for pl, k in zip(self.prune_layers, kept):
                 if layer > pl:
                     n = k
             counts.append(n)
