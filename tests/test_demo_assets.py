@@ -16,7 +16,15 @@ import torch
 from PIL import Image
 
 from llava.demo import digits
-from llava.demo.build_assets import POPE_SPLITS, BuildConfig, DemoPaths, build_assets, build_finetune, build_parser
+from llava.demo.build_assets import (
+    POPE_SPLITS,
+    BuildConfig,
+    DemoPaths,
+    _conversation_qas,
+    build_assets,
+    build_finetune,
+    build_parser,
+)
 
 SA = "\n" + digits.SHORT_ANSWER_PROMPT
 OL = "\n" + digits.OPTION_LETTER_PROMPT
@@ -240,6 +248,25 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     first = tmp_path / "a" / "data" / outs[0][0].get("image", outs[0][1].get("image", ""))
     second = tmp_path / "b" / "data" / outs[1][0].get("image", outs[1][1].get("image", ""))
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_conversation_questions_do_not_leak_answers() -> None:
+    """No turn of a training conversation is answerable from the answers before it."""
+    pool = digits.split_digit_sources(0)["train"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        grid = digits.sample_grid(pool, rng)
+        cells: set[int] = set()
+        known: set[int] = set()
+        for qa in _conversation_qas(grid, rng, 5):
+            if qa.cell is not None:
+                assert qa.cell not in cells
+                cells.add(qa.cell)
+                known.add(grid.labels[qa.cell])
+            else:
+                assert qa.digit not in known
+            if qa.digit is not None:
+                known.add(qa.digit)
 
 
 def test_refuses_foreign_directory(tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ def test_circular_score() -> None:
     assert result.num_unparsed == 1
     assert result.details["num_questions"] == 3
     assert result.details["num_rows"] == 8
+    # non-circular diagnostic: base 0 4/4, base 1 1/2, base 2 1/2 (the unresolved row is wrong) -> 6/8
+    assert result.details["row_accuracy"] == pytest.approx(75.0)
 
 
 def test_judge_hook_resolves_unparsed_rows() -> None:

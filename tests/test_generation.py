@@ -57,3 +57,10 @@ def test_generate_rejects_right_padding():
     batch = random_batch(model, [10, 8], [2, 2], left_pad=False, with_labels=False, seed=9)
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(**batch, max_new_tokens=2)
+
+
+def test_generate_rejects_unsupported_arguments():
+    model = tiny_model(seed=9)
+    batch = random_batch(model, [10, 8], [2, 2], left_pad=True, with_labels=False, seed=9)
+    with pytest.raises(TypeError, match="num_beams"):
+        model.generate(**batch, max_new_tokens=2, num_beams=4)

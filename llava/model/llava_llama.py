@@ -72,6 +72,8 @@ class LlavaCausalLMOutput(CausalLMOutputWithPast):
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM):
     config_class = LlavaConfig
+    # The loss is a token mean per micro-batch (upstream); the Trainer scales it for gradient accumulation.
+    accepts_loss_kwargs = False
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
 
     def __init__(self, config: LlavaConfig) -> None:
@@ -163,7 +165,6 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         reduction: ReductionConfig | None = None,
         query_text_index: torch.Tensor | None = None,
         return_dict: bool = True,
-        **unused,
     ) -> LlavaCausalLMOutput:
         red = self._reduction(reduction)
         if attention_mask is None:
@@ -206,7 +207,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         use_cache: bool = True,
         reduction: ReductionConfig | None = None,
         generator: torch.Generator | None = None,
-        **unused,
+        **unsupported,
     ) -> torch.LongTensor:
         """Greedy or sampled decoding; returns only the new tokens [B, new]. Batches must be left-padded.
 
@@ -214,6 +215,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         cache. Without it, every step recomputes the whole sequence with the scoring query fixed at the last prompt
         token, which is the same computation and is what the consistency tests compare against.
         """
+        if unsupported:
+            raise TypeError(f"generate() does not support {sorted(unsupported)} (greedy or sampled decoding only)")
         red = self._reduction(reduction)
         B, T = input_ids.shape
         if attention_mask is None:
