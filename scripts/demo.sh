@@ -43,7 +43,10 @@ from llava.eval.scorers.gqa import answer_baselines
 demo, log, red = sys.argv[1:]
 questions = json.load(open(f"{demo}/data/eval/gqa/data/testdev_balanced_questions.json"))
 chance, majority = answer_baselines(questions)
+# Strongest image-blind answerer: per question type, the better of its majority answer and a uniform guess.
+blind = json.load(open(f"{demo}/manifest.json"))["eval"]["gqa"]["blind_best"] * 100
 acc = float(re.search(r"GQA accuracy: ([0-9.]+)", open(log).read()).group(1))
-print(f"\nDemo result (schedule '{red}'): GQA accuracy {acc:.2f}%  |  chance {chance:.2f}%  |  majority answer {majority:.2f}%")
+print(f"\nDemo result (schedule '{red}'): GQA accuracy {acc:.2f}%  |  chance {chance:.2f}%  |  "
+      f"majority answer {majority:.2f}%  |  best image-blind answerer {blind:.2f}%")
 PY
 echo "demo finished in $(( $(date +%s) - start )) s"

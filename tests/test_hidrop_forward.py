@@ -210,3 +210,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_forward_refuses_what_it_cannot_honour():
+    model = tiny_model(seed=1)
+    batch = random_batch(model, [10], [2], seed=1)
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        model(**batch, inputs_embeds=torch.zeros(1, 10, 64))
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(**batch, output_attentions=True)
+    with pytest.raises(TypeError, match="pixel_values"):
+        model(**batch, pixel_values=torch.zeros(1))
+    assert model(**batch, output_attentions=None, use_cache=False).loss is not None

@@ -295,7 +295,7 @@ def write_chart(path: str, rows: Sequence[Row], title: str) -> bool:
     ax.set_ylabel("Avg(%) of baseline")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

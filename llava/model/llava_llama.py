@@ -164,8 +164,20 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         has_image: torch.Tensor | None = None,  # accepted from the collator; the <image> placeholder decides
         reduction: ReductionConfig | None = None,
         query_text_index: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool = True,
+        **kwargs,
     ) -> LlavaCausalLMOutput:
+        # Wrappers such as peft pass the standard HF arguments; refuse the ones this forward cannot honour.
+        if inputs_embeds is not None:
+            raise ValueError("pass input_ids (with the <image> placeholder), not inputs_embeds")
+        if output_attentions or output_hidden_states:
+            raise ValueError("output_attentions / output_hidden_states are not supported by the reduction loop")
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k != "use_cache")
+        if unexpected:
+            raise TypeError(f"forward() got unsupported arguments {unexpected}")
         red = self._reduction(reduction)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
