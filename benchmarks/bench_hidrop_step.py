@@ -2,7 +2,8 @@
 `off` against `tok64`, side by side, on a 32-layer model of reduced width with 576 vision tokens.
 
 Prints measured speedups next to the FLOPs-ideal speedup for the exact shapes (every matmul and attention counted,
-the scorer included), and the forward time spent in scoring + top-k + gathering as a share of the HiDrop step.
+the scorer included), and the time spent in scoring + top-k + gathering as a share of the HiDrop training step
+(forward timers, and forward+backward of the selection by ablation against fixed scores).
 
     python benchmarks/bench_hidrop_step.py [--hidden 256 --text 160 --batch 4 --reps 5 --dtype fp32|bf16 --device cpu|cuda]
 """
@@ -28,13 +29,11 @@ def build(args) -> LlavaLlamaForCausalLM:
     d = args.hidden
     vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2)
+    heads = max(1, d // 64)  # head_dim 64 at reduced width (7B: 32 heads of 128)
     cfg = LlavaConfig(vocab_size=args.vocab, hidden_size=d, intermediate_size=int(d * 11008 / 4096), num_hidden_layers=32,
-                      num_attention_heads=max(1, d // 128) * 1 if d >= 128 else 1, max_position_embeddings=4096,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                       vision_config={k: v for k, v in vision.to_dict().items() if not k.startswith("_")},
                       mm_hidden_size=32)
-    cfg.num_attention_heads = max(1, d // 64)
-    cfg.num_key_value_heads = cfg.num_attention_heads
-    cfg.head_dim = d // cfg.num_attention_heads
     cfg._attn_implementation = args.attn
     return LlavaLlamaForCausalLM(cfg).to(args.device, args.dtype)
 
@@ -127,13 +126,33 @@ def main() -> None:
         t_off = timed(lambda train=train: step(model, batch, off, train), args.reps)
         t_hd = timed(lambda train=train: step(model, batch, tok64, train), args.reps)
         results[mode] = (t_off, t_hd)
+    # Forward time of every reduction piece, measured where the decoder calls them.
     for name in TIMED:
         setattr(decoder, name, wrap(originals[name]))
     spent["t"] = 0.0
     t_wrapped = timed(lambda: step(model, batch, tok64, True), args.reps)
-    share = spent["t"] / (args.reps + 1) / t_wrapped
+    fwd_share = spent["t"] / (args.reps + 1) / t_wrapped
+    # Gathers (inject/keep/exit) forward; scoring + top-k forward AND backward by ablation: the same step with the
+    # scorer replaced by fixed scores and a hard top-k, so the difference is everything the selection costs.
+    for name in TIMED:
+        setattr(decoder, name, originals[name])
+    spent["t"] = 0.0
+    for name in ("inject_vision", "keep_vision", "exit_vision"):
+        setattr(decoder, name, wrap(originals[name]))
+
+    def fixed_scores(next_layer, rotary, state, *a):
+        n = state.num_vision
+        return torch.arange(n, 0, -1, device=state.hidden.device, dtype=torch.float32).expand(state.hidden.shape[0], n)
+
+    t_full = timed(lambda: step(model, batch, tok64, True), args.reps)
+    gather_fwd = spent["t"] / (args.reps + 1)
+    decoder.score_vision_tokens = fixed_scores
+    decoder.select_tokens = lambda scores, k, mode, *a: originals["select_tokens"](scores, k, "hard")
+    t_ablated = timed(lambda: step(model, batch, tok64, True), args.reps)
     for name, fn in originals.items():
         setattr(decoder, name, fn)
+    selection = max(t_full - t_ablated, 0.0)
+    share = (selection + gather_fwd) / t_full
 
     V, B, T = args.vocab, args.batch, args.text + 1
     print(f"model: 32 layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "
@@ -147,7 +166,9 @@ def main() -> None:
         measured = t_off / t_hd
         print(f"{mode:8s} off {t_off * 1e3:8.1f} ms | tok64 {t_hd * 1e3:8.1f} ms | measured speedup {measured:.2f}x | "
               f"FLOPs-ideal {ideal:.2f}x | measured/ideal {measured / ideal:.2f}")
-    print(f"scoring + top-k + gathering (forward): {share * 100:.2f}% of the tok64 training step")
+    print(f"scoring + top-k + gathering, forward only (timers): {fwd_share * 100:.2f}% of the tok64 training step")
+    print(f"scoring + top-k forward+backward (ablation {t_full * 1e3:.0f} - {t_ablated * 1e3:.0f} ms) + gathering "
+          f"forward: {share * 100:.2f}% of the tok64 training step")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ if [[ "$RECIPE" == "tiny" ]]; then
     : "${MODEL_BASE:=./playground/demo/models/llama-tiny}" "${VISION_TOWER:=./playground/demo/models/clip-tiny}"
     : "${DATA_PATH:=./playground/demo/data/llava_v1_5_mix665k.json}" "${IMAGE_FOLDER:=./playground/demo/data}"
     : "${REDUCTION:=tiny}" "${BATCH_PER_DEVICE:=16}" "${LR:=2e-3}" "${MODEL_MAX_LENGTH:=256}" "${WORKERS:=0}"
-    : "${PRECISION:=fp32}" "${SAVE_STEPS:=1000}" "${OUTPUT_DIR:=./checkpoints/demo-${REDUCTION}}" "${EPOCHS:=3}"
+    : "${PRECISION:=fp32}" "${SAVE_STEPS:=1000}" "${OUTPUT_DIR:=./checkpoints/demo-${REDUCTION}}" "${EPOCHS:=2}"
     : "${PROJECTOR:=./checkpoints/demo-${REDUCTION}-pretrain/mm_projector.bin}"
 elif [[ "$RECIPE" != "paper" ]]; then
     echo "RECIPE must be 'paper' or 'tiny', got '$RECIPE'" >&2; exit 2
