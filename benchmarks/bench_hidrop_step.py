@@ -42,6 +42,8 @@ def make_batch(model, args):
     B, T, N = args.batch, args.text, 576
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, args.vocab, (B, T + 1), generator=g)
+    if T < 60:
+        raise SystemExit(f"--text {T} is too short: the layout needs a 35-token system prompt and a 40-token answer")
     ids[:, 35] = -200  # image after a 35-token system prompt, as in the vicuna_v1 template
     labels = ids.clone()
     labels[:, : T - 40] = -100  # the last 40 tokens are the answer
@@ -146,13 +148,33 @@ def main() -> None:
 
     t_full = timed(lambda: step(model, batch, tok64, True), args.reps)
     gather_fwd = spent["t"] / (args.reps + 1)
-    decoder.score_vision_tokens = fixed_scores
-    decoder.select_tokens = lambda scores, k, mode, *a: originals["select_tokens"](scores, k, "hard")
-    t_ablated = timed(lambda: step(model, batch, tok64, True), args.reps)
+    scorer, selector = originals["score_vision_tokens"], originals["select_tokens"]
+
+    def ablated() -> None:
+        decoder.score_vision_tokens = fixed_scores
+        decoder.select_tokens = lambda scores, k, mode, *a: selector(scores, k, "hard")
+        try:
+            step(model, batch, tok64, True)
+        finally:
+            decoder.score_vision_tokens, decoder.select_tokens = scorer, selector
+
+    # Interleaved pairs, median of the differences: the machine's drift cancels within a pair.
+    diffs, fulls = [], []
+    ablated()
+    for _ in range(2 * args.reps + 1):
+        t0 = time.perf_counter()
+        step(model, batch, tok64, True)
+        t1 = time.perf_counter()
+        ablated()
+        t2 = time.perf_counter()
+        fulls.append(t1 - t0)
+        diffs.append((t1 - t0) - (t2 - t1))
     for name, fn in originals.items():
         setattr(decoder, name, fn)
-    selection = max(t_full - t_ablated, 0.0)
-    share = (selection + gather_fwd) / t_full
+    t_full = statistics.median(fulls)
+    selection = statistics.median(diffs)
+    t_ablated = t_full - selection
+    share = (max(selection, 0.0) + gather_fwd) / t_full
 
     V, B, T = args.vocab, args.batch, args.text + 1
     print(f"model: 32 layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "

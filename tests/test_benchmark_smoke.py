@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_benchmark_runs_and_reports_every_figure():
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_hidrop_step.py"), "--hidden", "64",
-                          "--text", "24", "--batch", "1", "--reps", "1", "--vocab", "128"],
+                          "--text", "64", "--batch", "1", "--reps", "1", "--vocab", "128"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
