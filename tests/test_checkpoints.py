@@ -121,3 +121,14 @@ def test_cli_chats_about_an_image(assets, tmp_path, capsys):
     assert out.count("ASSISTANT:") == 2
     assert main(["--model-path", str(tmp_path / "full"), "--image-file", str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_projector_checkpoint_with_missing_vision_tower_names_it(assets, tmp_path):
+    model = _model(assets, tmp_path)
+    out = tmp_path / "proj"
+    out.mkdir()
+    model.config.mm_vision_tower = str(tmp_path / "no-such-clip")
+    model.config.save_pretrained(out)
+    torch.save({n: p.detach() for n, p in model.named_parameters() if "mm_projector" in n}, out / "mm_projector.bin")
+    with pytest.raises(CheckpointError, match="no-such-clip"):
+        load_pretrained_model(str(out), model_base=assets["llm"])

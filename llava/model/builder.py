@@ -57,15 +57,17 @@ def _load_image_processor(model_path: str, config: LlavaConfig) -> CLIPImageProc
 
 def _base_with_vision(model_base: str, config: LlavaConfig, dtype, attn: str) -> LlavaLlamaForCausalLM:
     """The base LLM weights plus a CLIP tower loaded from ``config.mm_vision_tower``."""
-    if not config.mm_vision_tower or not os.path.isdir(config.mm_vision_tower):
-        raise CheckpointError(
-            f"the checkpoint's mm_vision_tower {config.mm_vision_tower!r} is not a local directory; "
-            "projector-only and LoRA checkpoints rebuild CLIP from it"
-        )
+    if not config.mm_vision_tower:
+        raise CheckpointError("the checkpoint's config.json has no mm_vision_tower; projector-only and LoRA "
+                              "checkpoints rebuild CLIP from it")
     model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, dtype=dtype, attn_implementation=attn)
-    model.initialize_vision_modules(
-        config.mm_vision_tower, config.mm_projector_type, config.mm_vision_select_layer, config.mm_vision_select_feature
-    )
+    try:  # a local directory or a hub id (e.g. openai/clip-vit-large-patch14-336 on a machine with network)
+        model.initialize_vision_modules(
+            config.mm_vision_tower, config.mm_projector_type, config.mm_vision_select_layer,
+            config.mm_vision_select_feature,
+        )
+    except OSError as e:
+        raise CheckpointError(f"cannot load the vision tower {config.mm_vision_tower!r} named by the checkpoint: {e}") from e
     return model
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import IGNORE_INDEX
@@ -311,4 +311,4 @@ def _next_token(
 AutoConfig.register(LlavaConfig.model_type, LlavaConfig)
 AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
 
-__all__ = ["CLIPVisionConfig", "LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss"]
+__all__ = ["LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss"]

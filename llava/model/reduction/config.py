@@ -9,7 +9,6 @@ present from the first layer, as in plain LLaVA.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -267,10 +266,6 @@ PRESETS: dict[str, ReductionConfig] = {
     # Vision on layers 2..6: 64 (layers 2-3), 32 (4-5), 16 (6) -> (64 * 2 + 32 * 2 + 16) / 8 = 26.0.
     "tiny": ReductionConfig(name="tiny", inject_layer=2, prune_layers=(3, 5), keep_counts=(32, 16), exit_layer=7),
 }
-
-
-def reduction_to_json(cfg: ReductionConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
 __all__ = [
