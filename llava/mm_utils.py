@@ -4,6 +4,40 @@
   ``IMAGE_TOKEN_INDEX`` (-200) placeholder per image, exactly as upstream LLaVA does.
 * :func:`load_image` / :func:`process_images` turn files into the ``[B, 3, H, W]`` pixel tensor the vision tower
   expects, with typed errors (:class:`ImageLoadError`) instead of a crash deep inside a DataLoader worker.
+
+Colour conversion (:func:`to_rgb`, used by :func:`load_image`, and by :func:`process_images` for any image that
+is not plain RGB). A bare ``convert("RGB")`` clips 16-bit values (the picture turns almost white) and drops alpha
+(transparent pixels keep whatever colour they store, usually black), so every mode is handled explicitly:
+
+* alpha (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa``/``La``, and ``P``/``L``/``RGB``/``I;16`` images with a
+  transparency key) is composited over a background colour. The right background is the colour the image will be
+  padded with, i.e. the processor's mean colour (:func:`background_color`); callers that know the processor
+  pass it, and :data:`DEFAULT_BACKGROUND` is CLIP's mean colour (122, 116, 104), the same as every CLIP tower's,
+  so callers that cannot pass it still get the padding colour of the standard towers.
+* 16-bit integer (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): value / 257, rounded (65535 -> 255).
+* 32-bit integer ``I``: taken as 8-bit when every value is in 0..255, as 16-bit (/ 257) when in 0..65535,
+  otherwise stretched linearly from ``min(0, lowest)`` to ``max(0, highest)`` onto 0..255.
+* float ``F``: values in 0..1 are scaled by 255, values in 0..255 are taken as they are, anything else is
+  stretched like ``I``; NaN or infinite values are an :class:`ImageLoadError` (there is no sensible grey for them).
+* ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: PIL's own conversion to RGB.
+* an image with a side of 0 is an :class:`ImageLoadError` with reason ``image_empty``; a file PIL refuses as a
+  decompression bomb (over twice ``PIL.Image.MAX_IMAGE_PIXELS``) one with reason ``image_too_large``.
+
+Size bounds in :func:`process_images`, so that an extreme aspect ratio cannot blow up memory (a 1x12000 strip
+padded to a 12000x12000 square took 2.3 GB for a 336 px tower; in ``square`` mode the shortest-edge resize of a
+1x2000 strip to 336 x 672000 took as much):
+
+* ``pad``: an image whose longer side exceeds ``max(MAX_PAD_SIDE, 4 * tower side)`` (2048 for a 336 px tower) is
+  first downscaled (bicubic, aspect kept, shorter side at least 1 px) so that its longer side equals that bound,
+  then padded. Images within the bound are padded exactly as before, so their pixel values are unchanged; larger
+  ones differ only by the extra resampling step.
+* ``square`` with a shortest-edge resize plus centre crop (CLIP's processor): an image longer than
+  ``MAX_SQUARE_ASPECT`` (8) times its shorter side is first centre-cropped to that aspect ratio. The processor's
+  centre crop keeps only the middle square anyway, so this removes pixels it would discard (up to rounding of
+  the resize size); images within the ratio are unchanged.
+
+No aspect ratio is an error: after these bounds every image costs at most a few tens of MB, and a thin strip is
+a poor but valid picture.
 """
 
 from __future__ import annotations
@@ -14,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
@@ -23,20 +58,30 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_BACKGROUND",
     "IMAGE_ASPECT_RATIOS",
+    "MAX_PAD_SIDE",
+    "MAX_SQUARE_ASPECT",
     "ImageLoadError",
     "SampleError",
+    "background_color",
     "build_image_processor",
     "expand2square",
     "image_processor_output_size",
     "load_image",
     "load_image_processor",
     "process_images",
+    "to_rgb",
     "tokenizer_image_token",
     "tokenizer_image_token_with_offsets",
 ]
 
 IMAGE_ASPECT_RATIOS: tuple[str, ...] = ("pad", "square")  # plus None, which means "square"
+
+# CLIP's mean colour, truncated as upstream does (see _mean_color): the padding colour of every CLIP tower.
+DEFAULT_BACKGROUND: tuple[int, int, int] = (122, 116, 104)
+MAX_PAD_SIDE = 2048  # "pad": longer side bound before padding (raised to 4x the tower side for large towers)
+MAX_SQUARE_ASPECT = 8  # "square": longest aspect ratio handed to a shortest-edge resize
 
 
 # === Errors ===
@@ -69,15 +114,19 @@ class SampleError(Exception):
         return f"{self.message} [{', '.join(context)}]" if context else self.message
 
 
+ImageProblem = Literal["missing", "unreadable", "empty", "too_large"]
+
+
 class ImageLoadError(SampleError):
-    """An image file is missing, or exists but cannot be decoded (corrupt, truncated, not an image)."""
+    """An image is missing, cannot be decoded (corrupt, truncated, not an image, unusable values), has no pixels,
+    or is too large for PIL to decode safely. ``reason`` is ``image_<problem>``."""
 
     def __init__(
         self,
         message: str,
         *,
         path: str | os.PathLike | None = None,
-        problem: Literal["missing", "unreadable"] = "unreadable",
+        problem: ImageProblem = "unreadable",
         sample_id: str | None = None,
         data_path: str | os.PathLike | None = None,
     ):
@@ -93,21 +142,124 @@ class ImageLoadError(SampleError):
 # === Images ===
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` as an RGB image, fully decoded; raises :class:`ImageLoadError` naming the file."""
+def load_image(path: str | os.PathLike, background: Sequence[int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """Open ``path`` as an RGB image, fully decoded; raises :class:`ImageLoadError` naming the file.
+
+    Non-RGB modes are converted by :func:`to_rgb`; transparent pixels are composited over ``background``
+    (pass :func:`background_color` of the image processor so they match the padding).
+    """
+    background = _check_background(background)  # a caller's mistake, not a bad file: checked before opening
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"image file is missing: {path}", path=path, problem="missing")
     try:
         with Image.open(path) as img:
-            # convert() forces the full decode here, so a truncated file fails now rather than in the processor.
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # Forcing the full decode here makes a truncated file fail now rather than in the processor.
+            img.load()
+            return to_rgb(img, background)
+    except ImageLoadError as err:
+        raise ImageLoadError(f"{err.message}: {path}", path=path, problem=err.problem) from err
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(
+            f"image file is too large to decode safely: {path} ({err})", path=path, problem="too_large"
+        ) from err
+    except (OSError, ValueError, SyntaxError) as err:
         raise ImageLoadError(
             f"image file is unreadable or corrupt: {path} ({type(err).__name__}: {err})",
             path=path,
             problem="unreadable",
         ) from err
+
+
+def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
+    color = tuple(background)
+    if len(color) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255 for c in color):
+        raise ValueError(f"background must be three integers in 0..255 (an RGB colour), got {background!r}")
+    return (int(color[0]), int(color[1]), int(color[2]))
+
+
+def _composite(color: np.ndarray, alpha: np.ndarray, background: tuple[int, int, int], premultiplied: bool) -> Image.Image:
+    """``color`` ``[H, W, C]`` (C = 1 or 3) over ``background`` with ``alpha`` ``[H, W]``, rounded to uint8 RGB."""
+    # Integer arithmetic: half the memory of float64 on large images, and exact rounding.
+    a = alpha.astype(np.uint32)[..., None]
+    c = color.astype(np.uint32)
+    bg = np.asarray(background, dtype=np.uint32)
+    # Premultiplied colour already carries the factor alpha / 255; straight colour still needs it.
+    weighted = (c * 255 if premultiplied else c * a) + bg * (255 - a)
+    # (x + 127) // 255 is round(x / 255) (no ties: 255 is odd); the cap catches invalid premultiplied data.
+    out = np.minimum((weighted + 127) // 255, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(out, (*alpha.shape, 3))), "RGB")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Linear map of ``[min(0, lowest), max(0, highest)]`` onto 0..255; zero stays black for non-negative data."""
+    lo = min(float(values.min()), 0.0)
+    hi = max(float(values.max()), 0.0)
+    span = hi - lo or 1.0
+    return (values.astype(np.float64) - lo) * 255.0 / span
+
+
+def _high_bit_to_gray(img: Image.Image) -> np.ndarray:
+    """8-bit grey levels of an ``I;16*``, ``I`` or ``F`` image (rules in the module docstring)."""
+    values = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        # (v + 128) // 257 is round(v / 257) in integers (no ties: 257 is odd).
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.mode == "I":
+        lo, hi = int(values.min()), int(values.max())
+        if lo >= 0 and hi <= 255:
+            return values.astype(np.uint8)
+        if lo >= 0 and hi <= 65535:
+            return ((values.astype(np.int64) + 128) // 257).astype(np.uint8)
+        return np.rint(_stretch(values)).astype(np.uint8)
+    # mode "F"
+    if not np.isfinite(values).all():
+        raise ImageLoadError("float (mode 'F') image holds NaN or infinite values, which have no grey level")
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= 0.0 and hi <= 1.0:
+        scaled = values.astype(np.float64) * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scaled = values.astype(np.float64)
+    else:
+        scaled = _stretch(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def to_rgb(img: Image.Image, background: Sequence[int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """A new RGB image with the content of ``img`` in any PIL mode; transparency is composited over ``background``.
+
+    The per-mode rules are in the module docstring. Raises :class:`ImageLoadError` for an image with a side of 0,
+    a float image with NaN/inf values, or a mode PIL cannot convert to RGB.
+    """
+    bg = _check_background(background)
+    width, height = img.size
+    if width == 0 or height == 0:
+        raise ImageLoadError(f"image has no pixels ({width}x{height})", problem="empty")
+    mode = img.mode
+    if mode in _HIGH_BIT_MODES:
+        gray = _high_bit_to_gray(img)
+        key = img.info.get("transparency")
+        if isinstance(key, (int, float)):  # a transparency key: pixels of exactly that value are transparent
+            alpha = np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)
+            return _composite(gray[..., None], alpha, bg, premultiplied=False)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBa", "La"):
+        # PIL cannot convert La at all, and unpremultiplying RGBa first would lose precision where alpha is small.
+        data = np.asarray(img)
+        return _composite(data[..., :-1], data[..., -1], bg, premultiplied=True)
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")  # resolves LA, PA, palette transparency and transparency keys to straight alpha
+        data = np.asarray(rgba)
+        if (data[..., 3] == 255).all():  # common: an alpha channel that is opaque everywhere
+            return rgba.convert("RGB")
+        return _composite(data[..., :3], data[..., 3], bg, premultiplied=False)
+    try:
+        return img.convert("RGB") if mode != "RGB" else img.copy()
+    except ValueError as err:
+        raise ImageLoadError(f"image mode {mode!r} cannot be converted to RGB ({err})") from err
 
 
 def expand2square(pil_img: Image.Image, background_color: tuple[int, ...] | int) -> Image.Image:
@@ -126,12 +278,55 @@ def _mean_color(image_processor: Any) -> tuple[int, ...]:
     return tuple(int(x * 255) for x in image_processor.image_mean)
 
 
+def background_color(image_processor: Any) -> tuple[int, int, int]:
+    """The processor's mean colour as RGB: the ``pad`` colour, and the colour transparency is composited over."""
+    color = _mean_color(image_processor)
+    if len(color) == 1:  # a single-channel mean applies to all three channels
+        color = color * 3
+    return _check_background(color)
+
+
+def _shortest_edge_center_crop(image_processor: Any) -> bool:
+    """Whether the processor resizes the shortest edge and then centre-crops (CLIP's recipe).
+
+    Only then can an extreme aspect ratio blow up the resize, and only then does cropping first keep the output.
+    """
+    size = getattr(image_processor, "size", None)
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    return bool(shortest) and bool(getattr(image_processor, "do_center_crop", False))
+
+
+def _shrink_longer_side(img: Image.Image, bound: int) -> Image.Image:
+    width, height = img.size
+    longer = max(width, height)
+    if longer <= bound:
+        return img
+    scale = bound / longer
+    size = (bound, max(1, round(height * scale))) if width >= height else (max(1, round(width * scale)), bound)
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def _crop_to_aspect(img: Image.Image, max_aspect: int) -> Image.Image:
+    width, height = img.size
+    if width > max_aspect * height:
+        keep = max_aspect * height
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    if height > max_aspect * width:
+        keep = max_aspect * width
+        top = (height - keep) // 2
+        return img.crop((0, top, width, top + keep))
+    return img
+
+
 def process_images(images: Sequence[Image.Image], image_processor: Any, image_aspect_ratio: str | None) -> torch.Tensor:
-    """Preprocess RGB images into pixel values ``[B, 3, H, W]`` (float32).
+    """Preprocess images into pixel values ``[B, 3, H, W]`` (float32).
 
     ``"pad"``: pad each image to a square with the processor's mean colour first (LLaVA-1.5's setting), so the
     centre crop keeps the whole picture. ``"square"`` or ``None``: hand the image to the processor as is (resize
-    shortest side, centre crop).
+    shortest side, centre crop). Non-RGB images go through :func:`to_rgb` with the mean colour as background;
+    extreme sizes and aspect ratios are bounded first (module docstring). An image with a side of 0 raises
+    :class:`ImageLoadError`.
     """
     if image_aspect_ratio not in (*IMAGE_ASPECT_RATIOS, None):
         raise ValueError(
@@ -139,10 +334,23 @@ def process_images(images: Sequence[Image.Image], image_processor: Any, image_as
         )
     if len(images) == 0:
         raise ValueError("process_images needs at least one image")
-    if image_aspect_ratio == "pad":
-        color = _mean_color(image_processor)
-        images = [expand2square(img, color) for img in images]
-    pixel_values = image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+    color = background_color(image_processor)
+    crop_extreme = image_aspect_ratio != "pad" and _shortest_edge_center_crop(image_processor)
+    pad_bound: int | None = None
+    prepared = []
+    for img in images:
+        if img.mode != "RGB" or img.has_transparency_data or 0 in img.size:
+            img = to_rgb(img, color)
+        if image_aspect_ratio == "pad":
+            if max(img.size) > MAX_PAD_SIDE:
+                if pad_bound is None:  # measured only when needed: it runs the processor once
+                    pad_bound = max(MAX_PAD_SIDE, 4 * max(image_processor_output_size(image_processor)))
+                img = _shrink_longer_side(img, pad_bound)
+            img = expand2square(img, color)
+        elif crop_extreme:
+            img = _crop_to_aspect(img, MAX_SQUARE_ASPECT)
+        prepared.append(img)
+    pixel_values = image_processor(images=prepared, return_tensors="pt")["pixel_values"]
     if not isinstance(pixel_values, torch.Tensor):  # pragma: no cover - processors that return ragged lists
         raise ValueError("images of different output sizes cannot be batched; use image_aspect_ratio='pad'")
     return pixel_values  # [B, 3, H, W]

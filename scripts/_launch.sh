@@ -2,6 +2,8 @@
 # torchrun starts one process per GPU, or NPROC CPU ranks over gloo when no GPU is present. torchrun (not the
 # deepspeed launcher) is used everywhere: it leaves no shared-memory files behind on CPU machines.
 # PRINT_ARGS_ONLY=1 prints the training flags one per line and exits (CI parses every script's flags).
+# OVERWRITE=1 starts afresh in an OUTPUT_DIR holding an earlier run's checkpoints or model (they are deleted);
+# without it such a run is refused unless it resumes (--resume_from_checkpoint).
 
 # Flags both stages share (LLaVA-1.5: 1 epoch, cosine, warmup 0.03, no weight decay, checkpointing, ...).
 ARGS+=(
@@ -26,6 +28,11 @@ ARGS+=(
     --lazy_preprocess True
     --report_to "$REPORT_TO"
 )
+case "${OVERWRITE:-0}" in
+    1) ARGS+=(--overwrite_output_dir True) ;;
+    0) ;;
+    *) echo "OVERWRITE must be 0 or 1, got '$OVERWRITE'" >&2; exit 2 ;;
+esac
 case "$PRECISION" in
     bf16) ARGS+=(--bf16 True --tf32 True) ;;
     fp16) ARGS+=(--fp16 True) ;;
@@ -42,6 +49,9 @@ if [[ -z "${NPROC:-}" ]]; then
     NPROC=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
 export TOKENIZERS_PARALLELISM=false
+# exec keeps this shell's pid for torchrun; each rank checks that its parent is still this pid and arms
+# SIGKILL-on-parent-death, so killing the launcher (even with SIGKILL) takes the ranks down with it.
+export HIDROP_LAUNCHER_PID=$$
 # DeepSpeed calls deprecated torch.distributed functions every step; keep the progress bars readable.
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
 exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" \

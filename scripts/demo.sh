@@ -8,10 +8,12 @@
 #   DEMO_DIR      where assets go [./playground/demo]
 #   CKPT_DIR      where checkpoints go [./checkpoints]
 #   PT_STEPS / FT_STEPS   optimizer steps of each stage [1 epoch each]
+#   OVERWRITE     1 (default): a rerun retrains from scratch over the previous demo checkpoints; 0 refuses
 #   PYTHON [python]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PYTHON:=python}" "${REDUCTION:=tiny}" "${DEMO_DIR:=./playground/demo}" "${CKPT_DIR:=./checkpoints}"
+export OVERWRITE="${OVERWRITE:-1}"
 export PYTHON REDUCTION RECIPE=tiny HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DS_ACCELERATOR=cpu
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/hidrop_torch_ext}"
 start=$(date +%s)
@@ -34,7 +36,7 @@ MODEL_BASE="$DEMO_DIR/models/llama-tiny" VISION_TOWER="$DEMO_DIR/models/clip-tin
     bash scripts/finetune.sh
 
 echo "== [4/4] GQA-style evaluation"
-MODEL_PATH="$FT_OUT" DATA_ROOT="$DEMO_DIR/data/eval" CKPT="demo-$REDUCTION" REDUCTION= REDUCTION_OVERRIDES= \
+MODEL_PATH="$FT_OUT" MODEL_BASE= DATA_ROOT="$DEMO_DIR/data/eval" CKPT="demo-$REDUCTION" REDUCTION= REDUCTION_OVERRIDES= \
     bash scripts/eval/gqa.sh | tee "$CKPT_DIR/demo-$REDUCTION-gqa.txt"
 
 "$PYTHON" - "$DEMO_DIR" "$CKPT_DIR/demo-$REDUCTION-gqa.txt" "$REDUCTION" <<'PY'

@@ -18,6 +18,7 @@
 #   BATCH_PER_DEVICE [16]   GRAD_ACCUM [1]   LR [2e-5]   EPOCHS [1]   MAX_STEPS [-1]   MODEL_MAX_LENGTH [2048]
 #   SAVE_STEPS [50000]   WORKERS [4]   REPORT_TO [none]   DS_CONFIG [./scripts/zero3.json]
 #   ON_BAD_SAMPLE  raise (default) | skip (count and report missing/corrupt images and bad samples)
+#   OVERWRITE      1 to start afresh in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints) [0]
 #   PRECISION      bf16 (default on GPU) | fp16 | fp32 (default for RECIPE=tiny)
 #   PYTHON [python]   MASTER_PORT [29517]
 # Extra arguments are passed to llava.train.train, e.g. `--resume_from_checkpoint ./checkpoints/.../checkpoint-500`.

@@ -14,6 +14,8 @@
 #   NPROC          processes (GPUs, or CPU ranks)  [all GPUs, or 2 on CPU]
 #   BATCH_PER_DEVICE [32]   GRAD_ACCUM [1]   LR [1e-3]   EPOCHS [1]   MAX_STEPS [-1]   MODEL_MAX_LENGTH [2048]
 #   SAVE_STEPS [24000]   WORKERS [4]   REPORT_TO [none] (wandb to log there)   DS_CONFIG [./scripts/zero2.json]
+#   ON_BAD_SAMPLE  raise (default) | skip (count and report missing/corrupt images and bad samples)
+#   OVERWRITE      1 to start afresh in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints) [0]
 #   PRECISION      bf16 (default on GPU) | fp16 | fp32 (default for RECIPE=tiny)
 #   PYTHON [python]   MASTER_PORT [29517]
 # Extra arguments are passed to llava.train.train, e.g. `bash scripts/pretrain.sh --resume_from_checkpoint DIR`.
@@ -34,7 +36,7 @@ fi
 : "${IMAGE_FOLDER:=./playground/data/LLaVA-Pretrain/images}"
 : "${REDUCTION:=tok64}" "${REDUCTION_OVERRIDES:=}" "${BATCH_PER_DEVICE:=32}" "${GRAD_ACCUM:=1}" "${LR:=1e-3}"
 : "${EPOCHS:=1}" "${MAX_STEPS:=-1}" "${MODEL_MAX_LENGTH:=2048}" "${SAVE_STEPS:=24000}" "${WORKERS:=4}"
-: "${REPORT_TO:=none}" "${DS_CONFIG:=./scripts/zero2.json}" "${PRECISION:=bf16}"
+: "${REPORT_TO:=none}" "${DS_CONFIG:=./scripts/zero2.json}" "${PRECISION:=bf16}" "${ON_BAD_SAMPLE:=raise}"
 : "${OUTPUT_DIR:=./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}-pretrain}"
 
 ARGS=(
@@ -46,6 +48,7 @@ ARGS=(
     --vision_tower "$VISION_TOWER"
     --mm_projector_type mlp2x_gelu
     --tune_mm_mlp_adapter True
+    --on_bad_sample "$ON_BAD_SAMPLE"
     --mm_vision_select_layer -2
     --mm_use_im_start_end False
     --mm_use_im_patch_token False

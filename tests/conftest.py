@@ -9,3 +9,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """Tiny LLM, CLIP, digit images and LLaVA-format data, shared by the multi-process training tests."""
+    from train_fixtures import build_tiny_assets
+
+    return build_tiny_assets(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_assets, tmp_path_factory):
+    """Stage 1 through scripts/pretrain.sh (ZeRO-2, 2 CPU ranks, 2 steps): the projector the finetunes start from."""
+    from train_fixtures import run_script
+
+    out = tmp_path_factory.mktemp("pt")
+    run_script("pretrain.sh", {"MODEL_BASE": tiny_assets["llm"], "VISION_TOWER": tiny_assets["clip"],
+                               "DATA_PATH": tiny_assets["pretrain"], "IMAGE_FOLDER": tiny_assets["images"],
+                               "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "OVERWRITE": "1"})
+    return out

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import ImageLoadError, SampleError, expand2square, load_image, process_images
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train.dataset import DatasetFormatError, LazySupervisedDataset
+from llava.train.dataset import DatasetFormatError, ImageFolderError, LazySupervisedDataset
 from llava.train.preprocess import OverlongSampleError, expanded_length, preprocess
 
 NUM_IMAGE_TOKENS = 4
@@ -198,10 +198,58 @@ def test_dataset_pickles_for_spawned_workers(tmp_path, tiny_tokenizer, image_pro
 
 def test_skip_mode_with_no_good_sample_raises(tmp_path, tiny_tokenizer, image_processor, image_dir) -> None:  # noqa: F811
     ds = make_dataset(
-        tmp_path, [image_record("x", "gone.png")], tiny_tokenizer, image_processor, image_dir, on_bad_sample="skip"
+        tmp_path, [image_record("x", "corrupt.png")], tiny_tokenizer, image_processor, image_dir, on_bad_sample="skip"
     )
     with pytest.raises(RuntimeError, match="every sample"):
         ds[0]
+
+
+# === Whole-run checks (before training starts) ===
+
+
+def test_empty_data_file_is_an_error(tmp_path, tiny_tokenizer, image_processor, image_dir) -> None:  # noqa: F811
+    with pytest.raises(DatasetFormatError, match="holds no records"):
+        make_dataset(tmp_path, [], tiny_tokenizer, image_processor, image_dir)
+
+
+@pytest.mark.parametrize("on_bad_sample", ["raise", "skip"])
+def test_missing_image_folder_is_an_error(tmp_path, tiny_tokenizer, image_processor, on_bad_sample) -> None:  # noqa: F811
+    records = [image_record("a", "ok0.png"), text_record("b")]
+    with pytest.raises(ImageFolderError, match=r"image folder .*nonexistent does not exist.*1 records"):
+        make_dataset(tmp_path, records, tiny_tokenizer, image_processor, tmp_path / "nonexistent",
+                     on_bad_sample=on_bad_sample)
+
+
+def test_wrong_image_folder_in_skip_mode_is_an_error(tmp_path, tiny_tokenizer, image_processor, image_dir) -> None:  # noqa: F811
+    # The folder exists but holds none of the images: skipping would silently train text-only.
+    records = [image_record(f"i{i}", f"elsewhere/{i}.png") for i in range(3)] + [text_record("t")]
+    with pytest.raises(ImageFolderError, match="none of the first 3 images"):
+        make_dataset(tmp_path, records, tiny_tokenizer, image_processor, image_dir, on_bad_sample="skip")
+    # one findable image is enough to start; the missing ones are counted skips
+    ds = make_dataset(tmp_path, [*records, image_record("ok", "ok0.png")], tiny_tokenizer, image_processor,
+                      image_dir, on_bad_sample="skip")
+    assert len(ds) == 5
+
+
+def test_text_only_data_needs_no_image_folder(tmp_path, tiny_tokenizer, image_processor) -> None:  # noqa: F811
+    ds = make_dataset(tmp_path, [text_record("t")], tiny_tokenizer, image_processor, tmp_path / "nonexistent")
+    assert ds[0]["has_image"] is False
+
+
+def test_skipped_samples_travel_with_batches_from_workers(tmp_path, tiny_tokenizer, image_processor, image_dir) -> None:  # noqa: F811
+    """With DataLoader workers the main process's dataset never sees a skip; the batches must carry them."""
+    from torch.utils.data import DataLoader
+
+    records = [image_record("good-0", "ok0.png"), image_record("missing-1", "missing.png"), text_record("good-2"),
+               image_record("corrupt-3", "corrupt.png"), text_record("good-4"), image_record("missing-5", "gone.png")]
+    ds = make_dataset(tmp_path, records, tiny_tokenizer, image_processor, image_dir, on_bad_sample="skip")
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=DataCollatorForSupervisedDataset(0))
+    met: dict[int, str] = {}
+    for batch in loader:
+        met.update(dict(batch["bad_samples"]))
+    assert ds.skipped_counts() == {}  # the workers' copies did the skipping
+    assert met == {1: "image_missing", 3: "image_unreadable", 5: "image_missing"}
+    assert ds.report_skips(bad=met) == {"image_missing": 2, "image_unreadable": 1}
 
 
 def test_sample_errors_survive_pickling(tmp_path: Path) -> None:

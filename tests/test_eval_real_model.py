@@ -21,6 +21,12 @@ from llava.eval import run_benchmark  # noqa: E402
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "eval", "gqa")
 
 
+@pytest.fixture(autouse=True)
+def _fingerprint_cache(tmp_path, monkeypatch):
+    """Keeps the runner's weights-fingerprint cache out of the real ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> str:
     import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,8 +89,28 @@ def fake_backend() -> tuple[LlavaBackend, FakeModel]:
     return backend, model
 
 
+@pytest.fixture(autouse=True)
+def _fingerprint_cache(tmp_path, monkeypatch):
+    """Keeps the runner's weights-fingerprint cache out of the real ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def fake_checkpoint(root: Path, name: str = "fake-ckpt") -> Path:
+    """A checkpoint folder with just enough files to be fingerprinted (the fake backend loads nothing)."""
+    ckpt = root / name
+    if not ckpt.is_dir():
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.json").write_text("{}\n")
+        (ckpt / "model.safetensors").write_bytes(b"fake weights 0123456789")
+    return ckpt
+
+
 @pytest.fixture()
 def gqa_data(tmp_path):
+    return make_gqa_data(tmp_path)
+
+
+def make_gqa_data(tmp_path: Path) -> tuple[Path, Path]:
     """Seven GQA-style questions over three small images."""
     img_dir = tmp_path / "images"
     img_dir.mkdir()
@@ -104,8 +125,10 @@ def gqa_data(tmp_path):
 
 
 def _args(qfile, img_dir, answers, chunks=1, idx=0, batch=1, **kw) -> Namespace:
+    """Runner arguments; the model path defaults to a fake checkpoint next to the question file."""
+    model_path = kw.pop("model_path", None) or fake_checkpoint(Path(qfile).parent)
     argv = [
-        "--bench", kw.pop("bench", "gqa"), "--model-path", "/tmp/fake-ckpt", "--question-file", str(qfile),
+        "--bench", kw.pop("bench", "gqa"), "--model-path", str(model_path), "--question-file", str(qfile),
         "--image-folder", str(img_dir), "--answers-file", str(answers), "--num-chunks", str(chunks),
         "--chunk-idx", str(idx), "--batch-size", str(batch),
     ]
@@ -213,14 +236,25 @@ def test_resume_after_interruption(gqa_data, tmp_path) -> None:
     assert run_benchmark.run(_args(qfile, img_dir, out), load=lambda *_: pytest.fail("model loaded")) == 0
 
 
-def test_resume_refuses_different_settings(gqa_data, tmp_path) -> None:
+def test_resume_with_different_settings_restarts_or_stops(gqa_data, tmp_path, caplog) -> None:
+    """Answers of another schedule are never reused: --on-mismatch error stops and touches nothing; the
+    default (restart) moves them aside, keeps them, and answers everything again."""
     qfile, img_dir = gqa_data
     out = tmp_path / "a.jsonl"
     _run(_args(qfile, img_dir, out))
-    with pytest.raises(EvalDataError, match="different settings"):
-        _run(_args(qfile, img_dir, out, reduction_override="exit_layer=24"))
+    old_answers, old_run_id = out.read_text(), json.loads(open(f"{out}.run.json").read())["run_id"]
+    with pytest.raises(EvalDataError, match=r"another run .*schedule changed \(exit_layer -1 -> 24, .*--on-mismatch restart"):
+        _run(_args(qfile, img_dir, out, reduction_override="exit_layer=24", on_mismatch="error"))
+    assert out.read_text() == old_answers and not list(tmp_path.glob("a.jsonl.stale-*"))
+    assert _run(_args(qfile, img_dir, out, reduction_override="exit_layer=24")) == 7
+    stale = tmp_path / f"a.jsonl.stale-{old_run_id}"
+    assert stale.read_text() == old_answers
+    assert json.loads((tmp_path / f"a.jsonl.stale-{old_run_id}.run.json").read_text())["run_id"] == old_run_id
+    assert "schedule changed (exit_layer -1 -> 24, " in caplog.text and str(stale) in caplog.text
+    new_run_id = json.loads(open(f"{out}.run.json").read())["run_id"]
+    assert new_run_id != old_run_id and {json.loads(line)["run_id"] for line in open(out)} == {new_run_id}
     with pytest.raises(EvalDataError, match="not in this chunk"):
-        _run(_args(qfile, img_dir, out, chunks=2, idx=1))
+        _run(_args(qfile, img_dir, out, chunks=2, idx=1, reduction_override="exit_layer=24"))
 
 
 def test_duplicate_question_id_is_an_error(tmp_path, gqa_data) -> None:

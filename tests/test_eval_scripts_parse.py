@@ -13,13 +13,13 @@ import pytest
 
 SCRIPTS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "eval")
 BENCH_SCRIPTS = ("gqa", "vqav2", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmbench_cn", "seed", "mmstar")
-ENV_VARS = ("MODEL_PATH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "PYTHON")
+ENV_VARS = ("MODEL_PATH", "MODEL_BASE", "ON_MISMATCH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "PYTHON")
 COMMAND = re.compile(r"\$\{?PYTHON\}?\s+-m\s+llava\.eval\.(\w+)(.*)")
 # Values a variable takes in the dummy substitution: numeric flags need numbers, and _common.sh's run_chunks
 # receives the benchmark name as $bench. Anything else becomes "dummy_<NAME>".
-DUMMY = {"CHUNKS": "2", "idx": "1", "IDX": "1", "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "16", "bench": "gqa"}
+DUMMY = {"CHUNKS": "2", "idx": "1", "IDX": "1", "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "16", "bench": "gqa", "ON_MISMATCH": "error"}
 # Optional variables are empty by default; the commands must also parse that way.
-EMPTY_BY_DEFAULT = ("REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE")
+EMPTY_BY_DEFAULT = ("MODEL_BASE", "REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE")
 
 
 def _script_paths() -> list[str]:
@@ -27,7 +27,13 @@ def _script_paths() -> list[str]:
 
 
 def _substitute(text: str, values: dict[str, str]) -> str:
-    """Replaces ${VAR:-default}, ${VAR}, $VAR (and ${ARR[...]}) with dummy values."""
+    """Replaces ${VAR:+word} (word if VAR is non-empty, else nothing), ${VAR:-default}, ${VAR}, $VAR (and
+    ${ARR[...]}) with dummy values."""
+
+    def alternate(m: re.Match) -> str:
+        return _substitute(m.group(2), values) if values.get(m.group(1), f"dummy_{m.group(1)}") else ""
+
+    text = re.sub(r"\$\{(\w+):?\+([^}]*)\}", alternate, text)
     text = re.sub(r"\$\{(\w+)(?:\[[^]]*\])?(?::?[-=+][^}]*)?\}", lambda m: values.get(m.group(1), f"dummy_{m.group(1)}"), text)
     return re.sub(r"\$(\w+)", lambda m: values.get(m.group(1), f"dummy_{m.group(1)}"), text)
 
@@ -84,6 +90,46 @@ def test_python_commands_parse(path: str, empty_optional: bool) -> None:
             parser.parse_args(argv)
         except SystemExit as e:
             pytest.fail(f"{os.path.basename(path)}: `python -m llava.eval.{module} {' '.join(argv)}` does not parse ({e})")
+
+
+@pytest.mark.parametrize("empty_optional", [False, True], ids=["set", "defaults"])
+def test_common_forwards_model_base_and_on_mismatch(empty_optional: bool) -> None:
+    """--model-base reaches the runner only when MODEL_BASE is set; --on-mismatch always does."""
+    (module, argv), _merge = python_commands(os.path.join(SCRIPTS_DIR, "_common.sh"), empty_optional)
+    assert module == "run_benchmark"
+    args = importlib.import_module("llava.eval.run_benchmark").build_parser().parse_args(argv)
+    assert args.model_base == (None if empty_optional else "dummy_MODEL_BASE")
+    assert args.on_mismatch == "error"
+
+
+def test_run_chunks_passes_model_base_to_the_runner(tmp_path) -> None:
+    """Runs _common.sh's run_chunks with a PYTHON that records its arguments instead of running anything."""
+    record = tmp_path / "argv.txt"
+    fake_python = tmp_path / "fake_python.sh"
+    fake_python.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >> "{record}"\necho "--" >> "{record}"\n')
+    fake_python.chmod(0o755)
+    script = tmp_path / "probe.sh"
+    script.write_text(
+        f'set -euo pipefail\nsource "{os.path.join(SCRIPTS_DIR, "_common.sh")}"\n'
+        f'run_chunks gqa q.jsonl images "{tmp_path / "answers"}"\n'
+    )
+    base_env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CHUNKS", "MODEL_BASE", "ON_MISMATCH")}
+    base_env["PYTHON"] = str(fake_python)
+
+    def runner_argv(**env: str) -> list[str]:
+        record.write_text("")
+        subprocess.run(["bash", str(script)], env={**base_env, **env}, check=True, capture_output=True)
+        calls = record.read_text().split("--\n")
+        runner = [c.splitlines() for c in calls if "llava.eval.run_benchmark" in c]
+        assert len(runner) == 1
+        return runner[0]
+
+    argv = runner_argv(MODEL_BASE="/models/vicuna 7b", ON_MISMATCH="error")
+    assert argv[argv.index("--model-base") + 1] == "/models/vicuna 7b"  # one argument, spaces kept
+    assert argv[argv.index("--on-mismatch") + 1] == "error"
+    argv = runner_argv()
+    assert "--model-base" not in argv
+    assert argv[argv.index("--on-mismatch") + 1] == "restart"
 
 
 def test_bench_names_in_scripts_are_registered() -> None:

@@ -186,6 +186,28 @@ def test_learned_threshold_gets_gradient_and_budget_loss():
     assert all(s.soft_keep is not None for s in out.stages)
 
 
+@pytest.mark.parametrize("keep", [(1, 1), (0, 0), (1, 0), (2, 1)])
+@pytest.mark.parametrize("learn", [False, True])
+def test_stages_keeping_zero_or_one_token_train_with_finite_gradients(keep, learn):
+    """A stage after one that kept 0 or 1 token has nothing to rank; diff mode must neither divide by zero
+    (1 - k / N with N = 0) nor take the std of a single score (NaN), and must keep exactly what hard mode keeps."""
+    red = ReductionConfig(name="deg", inject_layer=2, prune_layers=(3, 5), keep_counts=keep, exit_layer=7,
+                          learn_threshold=learn)
+    model = tiny_model(seed=8, reduction=red).train()
+    batch = random_batch(model, [20, 16], [3, 2], seed=8)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert [s.keep.shape[1] for s in out.stages] == list(keep)
+    with torch.no_grad():
+        hard = model(**batch, reduction=ReductionConfig(**{**red.to_dict(), "topk": "hard", "learn_threshold": False}))
+    for s_diff, s_hard in zip(out.stages, hard.stages):
+        assert torch.equal(s_diff.keep, s_hard.keep)
+    torch.testing.assert_close(out.logits.detach(), hard.logits)
+
+
 def test_ties_are_deterministic():
     from llava.model.reduction.topk import differentiable_topk, hard_topk
 

@@ -35,6 +35,19 @@ def test_invalid_schedules_name_the_field(kwargs, field):
         ReductionConfig(**kwargs)
 
 
+@pytest.mark.parametrize("override", ["score_temperature=nan", "score_temperature=inf", "budget_weight=nan",
+                                      "budget_weight=-inf", "budget_weight=1e999"])
+def test_float_fields_must_be_finite(override):
+    # NaN passes `< 0` and `<= 0` checks; before this check it reached training and was logged as loss 0.
+    field = override.split("=")[0]
+    with pytest.raises(ReductionConfigError, match=f"{field} must be a finite number"):
+        resolve_reduction("tiny", override)
+    with pytest.raises(ReductionConfigError, match=f"{field} must be a finite number"):
+        ReductionConfig.from_dict({**PRESETS["tiny"].to_dict(), field: float("nan")})
+    with pytest.raises(ReductionConfigError, match=f"{field} must be a finite number"):
+        ReductionConfig(**{field: "1.0"})
+
+
 def test_depth_dependent_validation():
     with pytest.raises(ReductionConfigError, match="exit_layer"):
         PRESETS["tok64"].validate_for(num_layers=16, num_vision_tokens=576)

@@ -45,8 +45,18 @@ def test_paper_recipe_defaults():
     assert lora[lora.index("--learning_rate") + 1] == "2e-4"
 
 
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_bad_sample_policy_and_overwrite_reach_the_trainer(script):
+    args = script_args(script, ON_BAD_SAMPLE="skip", OVERWRITE="1")
+    assert args[args.index("--on_bad_sample") + 1] == "skip"  # pretrain.sh used to drop ON_BAD_SAMPLE
+    assert args[args.index("--overwrite_output_dir") + 1] == "True"
+    ns = build_parser().parse_args(args)
+    assert ns.on_bad_sample == "skip" and ns.overwrite_output_dir is True
+    assert "--overwrite_output_dir" not in script_args(script)
+
+
 def test_bad_recipe_and_precision_are_rejected():
-    for env in ({"RECIPE": "huge"}, {"PRECISION": "fp8"}):
+    for env in ({"RECIPE": "huge"}, {"PRECISION": "fp8"}, {"OVERWRITE": "yes"}):
         out = subprocess.run(["bash", str(REPO / "scripts" / "pretrain.sh")], env=dict(os.environ, PRINT_ARGS_ONLY="1", **env),
                              capture_output=True, text=True)
         assert out.returncode == 2 and next(iter(env)) in out.stderr

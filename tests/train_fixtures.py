@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +68,68 @@ def build_tiny_assets(root: Path, num_samples: int = 48, layers: int = 4) -> dic
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
     return {"llm": str(root / "llm"), "clip": str(root / "clip"), "images": str(img_dir),
             "pretrain": str(root / "pretrain.json"), "finetune": str(root / "finetune.json")}
+
+
+REPO = Path(__file__).resolve().parents[1]
+# A small schedule for the 4-layer tiny LLM: inject at 2, prune after 2 and 3, exit before 4.
+TINY_SCHEDULE = "inject_layer=2 prune_layers=2,3 keep_counts=8,4 exit_layer=4"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def script_env(**env: str) -> dict[str, str]:
+    """The environment of a 2-rank CPU run of the tiny recipe; ``env`` overrides any of it."""
+    full = dict(os.environ, RECIPE="tiny", PYTHON=sys.executable, MASTER_PORT=str(free_port()), NPROC="2",
+                DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", REDUCTION_OVERRIDES=TINY_SCHEDULE, BATCH_PER_DEVICE="4")
+    full.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "hidrop_torch_ext"))
+    full.update(env)
+    return full
+
+
+def run_script(script: str, env: dict[str, str], *extra: str, check: bool = True,
+               timeout: int = 900) -> subprocess.CompletedProcess:
+    """Runs ``scripts/<script>`` (a training or eval script) and, with ``check``, asserts it succeeded."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script), *extra], env=script_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def finetune_env(assets: dict[str, str], pretrained: Path, **env: str) -> dict[str, str]:
+    return {"MODEL_BASE": assets["llm"], "VISION_TOWER": assets["clip"], "DATA_PATH": assets["finetune"],
+            "IMAGE_FOLDER": assets["images"], "PROJECTOR": str(Path(pretrained) / "mm_projector.bin"), **env}
+
+
+def build_gqa_eval(root: Path) -> Path:
+    """A DATA_ROOT in upstream's layout holding the GQA fixture's six questions and digit images named after
+    them, so that ``scripts/eval/gqa.sh`` runs end to end on a tiny checkpoint."""
+    import shutil
+
+    fix = REPO / "tests" / "fixtures" / "eval" / "gqa"
+    gqa = Path(root) / "gqa"
+    (gqa / "data" / "images").mkdir(parents=True)
+    shutil.copy(fix / "llava_gqa_testdev_balanced.jsonl", gqa)
+    shutil.copy(fix / "data" / "testdev_balanced_questions.json", gqa / "data")
+    names = {json.loads(line)["image"] for line in (fix / "llava_gqa_testdev_balanced.jsonl").read_text().splitlines()}
+    images, _ = _digit_images(len(names))
+    for name, img in zip(sorted(names), images):
+        img.save(gqa / "data" / "images" / name)
+    return Path(root)
+
+
+def eval_gqa(data_root: Path, model_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``scripts/eval/gqa.sh`` on ``model_path``; asserts it printed an accuracy."""
+    proc = run_script("eval/gqa.sh", {"MODEL_PATH": str(model_path), "DATA_ROOT": str(data_root),
+                                      "REDUCTION_OVERRIDES": "", "MAX_NEW_TOKENS": "4", **env})
+    assert "GQA accuracy:" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc

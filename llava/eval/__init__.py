@@ -2,6 +2,7 @@
 
 Layout:
 - ``run_benchmark``: the single inference runner (chunked, resumable, batched).
+- ``fingerprint``: cached sha256 fingerprints of checkpoints and question files, the runner's resume identity.
 - ``merge``: joins chunk files and fails loudly on a missing or duplicate question id.
 - ``convert``: writes upstream/server file formats (GQA predictions, VQAv2/VizWiz submissions, SEED upload).
 - ``score``: scores one benchmark and writes a JSON result that ``report`` reads.

@@ -6,11 +6,16 @@ layer's input; with ``--text-tokens`` the same formula is also applied to the wh
 
     python -m llava.eval.efficiency --llm vicuna-7b --schedule tok64
     python -m llava.eval.efficiency --layers 32 --hidden 4096 --ffn 11008 --counts 576x8,288x8,144x8,72x8
+
+Inputs are checked, with "error: ..." on stderr and exit code 2: --layers, --hidden, --ffn and
+--num-vision-tokens must be > 0, --text-tokens >= 0, and each --counts entry must be ``N`` or ``NxLAYERS``
+with 0 <= N <= --num-vision-tokens and LAYERS >= 1, covering exactly the model's layers.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from llava.model.reduction.config import PRESETS, ReductionConfigError, resolve_reduction
@@ -33,19 +38,39 @@ def sequence_tflops(counts_per_layer: list[int], text_tokens: int, hidden: int, 
     return sum(block_flops(n + text_tokens, hidden, ffn) for n in counts_per_layer) / 1e12
 
 
+_COUNT_ENTRY = re.compile(r"(\d+)(?:x(\d+))?")
+
+
 def parse_counts(spec: str) -> list[int]:
-    """``576x8,288x8`` -> [576]*8 + [288]*8; plain integers are single layers."""
+    """``576x8,288x8`` -> [576]*8 + [288]*8; plain integers are single layers.
+
+    Raises ``ValueError`` naming the entry for anything else: a sign, a missing number on either side of ``x``,
+    or a layer count of 0.
+    """
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
-        n, _, rep = part.partition("x")
-        try:
-            out += [int(n)] * (int(rep) if rep else 1)
-        except ValueError:
-            raise ValueError(f"bad --counts entry {part!r}; expected N or NxLAYERS") from None
+        match = _COUNT_ENTRY.fullmatch(part)
+        if match is None:
+            raise ValueError(f"bad --counts entry {part!r}; expected N or NxLAYERS with whole numbers N >= 0, "
+                             "LAYERS >= 1 (e.g. 576x8)")
+        n, rep = int(match.group(1)), int(match.group(2) or 1)
+        if rep < 1:
+            raise ValueError(f"bad --counts entry {part!r}: the layer count after 'x' must be >= 1")
+        out += [n] * rep
     return out
+
+
+def check_counts(counts: list[int], num_layers: int, num_vision_tokens: int) -> None:
+    """Raises ``ValueError`` unless ``counts`` covers ``num_layers`` layers with 0..num_vision_tokens tokens each."""
+    if len(counts) != num_layers:
+        raise ValueError(f"--counts describes {len(counts)} layers but the model has {num_layers} layers")
+    too_many = sorted({c for c in counts if c > num_vision_tokens})
+    if too_many:
+        raise ValueError(f"--counts has {too_many} vision tokens in a layer, more than the image's "
+                         f"{num_vision_tokens} (--num-vision-tokens)")
 
 
 def report(counts: list[int], hidden: int, ffn: int, text_tokens: int | None, num_vision: int) -> dict[str, str]:
@@ -67,19 +92,33 @@ def report(counts: list[int], hidden: int, ffn: int, text_tokens: int | None, nu
     return out
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.eval.efficiency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    positive, non_negative = _int_at_least(1), _int_at_least(0)
     p.add_argument("--llm", choices=sorted(LLM_SHAPES), help="named LLM shape")
-    p.add_argument("--layers", type=int)
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--ffn", type=int)
+    p.add_argument("--layers", type=positive)
+    p.add_argument("--hidden", type=positive)
+    p.add_argument("--ffn", type=positive)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--schedule", help=f"reduction preset: {', '.join(sorted(PRESETS))}")
     g.add_argument("--counts", help="explicit vision tokens per layer, e.g. 576x8,288x8,144x8,72x8")
     p.add_argument("--override", nargs="*", default=[], help="single-field schedule overrides, key=value")
-    p.add_argument("--num-vision-tokens", type=int, default=576)
-    p.add_argument("--text-tokens", type=int, help="also print whole-sequence FLOPs for this many text tokens")
+    p.add_argument("--num-vision-tokens", type=positive, default=576)
+    p.add_argument("--text-tokens", type=non_negative, help="also print whole-sequence FLOPs for this many text tokens")
     return p
 
 
@@ -95,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     L = args.layers or L
     d, m = args.hidden or d, args.ffn or m
     try:
-        if args.counts:
+        if args.counts is not None:
             counts = parse_counts(args.counts)
-            if len(counts) != L:
-                raise ValueError(f"--counts describes {len(counts)} layers but the model has {L} layers")
+            check_counts(counts, L, args.num_vision_tokens)
         else:
             red = resolve_reduction(args.schedule, args.override).validate_for(L, args.num_vision_tokens)
             counts = red.counts_per_layer(L, args.num_vision_tokens)

@@ -5,8 +5,9 @@
 
 Upstream concatenated chunk files with ``cat``; a crashed chunk or a rerun then produced a short or doubled
 file that POPE/MME scored by position without complaint. Here the question file defines the expected ids:
-a missing id, a duplicate id (within or across chunks), an unknown id, or answers from runs with different
-settings are errors that name the ids and files.
+a missing id, a duplicate id (within or across chunks), an unknown id, answers from runs with different
+settings, or an answer whose ``prompt`` is no longer the question file's text (the file was edited after the
+answers were written) are errors that name the ids and files.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llava.eval.benchmarks import BENCHMARK_NAMES, get_benchmark
+from llava.eval.benchmarks import BENCHMARK_NAMES, Question, get_benchmark
 from llava.eval.files import EvalDataError, answer_key, iter_jsonl, read_json, write_json, write_jsonl
 
 logger = logging.getLogger("llava.eval.merge")
@@ -28,36 +29,59 @@ def chunk_files(chunks_dir: str, num_chunks: int) -> list[str]:
     return [os.path.join(chunks_dir, f"{num_chunks}_{i}.jsonl") for i in range(num_chunks)]
 
 
-def merge_answers(question_keys: Sequence[str], inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Answers from ``inputs`` ordered like ``question_keys``; raises on missing, duplicate or unknown ids."""
-    expected = set(question_keys)
+_REPAIR = "delete that line (the benchmark script answers its question again when rerun) or the whole chunk file"
+
+
+def _answer_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The chunk file's records; a bad line is an error that says how to get past it."""
+    try:
+        for lineno, rec in iter_jsonl(path, "answers file"):
+            if "question_id" not in rec:
+                raise EvalDataError(f"answers file {path}, line {lineno}: no question_id")
+            yield lineno, rec
+    except EvalDataError as e:
+        raise EvalDataError(f"{e}; {_REPAIR}, then rerun the benchmark script") from None
+
+
+def merge_answers(questions: Sequence[Question], inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Answers from ``inputs`` in question order; raises on missing, duplicate or unknown ids, on answers
+    from runs with different settings, and on answers whose prompt is not the question file's text."""
+    by_key = {q.key: q for q in questions}
     found: dict[str, tuple[dict[str, Any], str]] = {}
     run_ids: dict[str, str] = {}
     for path in inputs:
         if not os.path.isfile(path):
             raise EvalDataError(f"chunk file missing: {path} (did that chunk's process fail?)")
-        for lineno, rec in iter_jsonl(path, "answers file"):
-            if "question_id" not in rec:
-                raise EvalDataError(f"answers file {path}, line {lineno}: no question_id")
+        for lineno, rec in _answer_lines(path):
             key = answer_key(rec)
-            if key not in expected:
+            question = by_key.get(key)
+            if question is None:
                 raise EvalDataError(f"answers file {path}, line {lineno}: question {rec['question_id']!r} is not in the question file")
             if key in found:
                 raise EvalDataError(
                     f"duplicate answer for question {rec['question_id']!r}: in {found[key][1]} and {path}, line {lineno}"
+                )
+            # The runner writes the exact text it asked; a different text means the question file was edited
+            # after these answers were written, and they answer another question.
+            if rec.get("prompt") != question.text:
+                raise EvalDataError(
+                    f"answers file {path}, line {lineno}: the answer to question {rec['question_id']!r} was asked "
+                    f"{str(rec.get('prompt'))[:200]!r}, but the question file now says {question.text[:200]!r}. The "
+                    "question file changed after these answers were written: rerun the benchmark script (it moves "
+                    "stale answers aside and answers again)."
                 )
             found[key] = (rec, path)
             if rec.get("run_id") is not None:
                 run_ids.setdefault(str(rec["run_id"]), f"{path}, line {lineno}")
     if len(run_ids) > 1:
         raise EvalDataError(f"answers come from runs with different settings: {run_ids}")
-    missing = [k for k in question_keys if k not in found]
+    missing = [q.key for q in questions if q.key not in found]
     if missing:
         raise EvalDataError(
-            f"{len(missing)} of {len(question_keys)} questions have no answer, e.g. {missing[:10]}; rerun the "
+            f"{len(missing)} of {len(questions)} questions have no answer, e.g. {missing[:10]}; rerun the "
             "benchmark script (it resumes) to fill them in"
         )
-    return [found[k][0] for k in question_keys]
+    return [found[q.key][0] for q in questions]
 
 
 def merge_run_info(inputs: Sequence[str]) -> dict[str, Any] | None:
@@ -94,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         inputs = args.inputs
     questions = get_benchmark(args.bench).load_questions(args.question_file)
-    merged = merge_answers([q.key for q in questions], inputs)
+    if not questions:
+        raise EvalDataError(f"question file {args.question_file} holds no questions; there is nothing to merge")
+    merged = merge_answers(questions, inputs)
     write_jsonl(args.output, merged)
     info = merge_run_info(inputs)
     if info is not None:

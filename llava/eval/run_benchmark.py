@@ -8,9 +8,16 @@ Why it is shaped this way:
 - Chunks are contiguous slices of the question list (one process per GPU), so concatenating the chunk files
   in index order restores the question order; ``llava.eval.merge`` checks that nothing is missing or doubled.
 - It resumes: answers are appended and flushed batch by batch, and a rerun skips the ids already in the file.
-  A truncated last line (a killed process) is dropped and redone. Every line carries a ``run_id``, a hash
-  of what determines the answers (benchmark, model, schedule, decoding), so a rerun with a different schedule
-  refuses to mix its answers into the same file instead of silently skipping questions.
+  An interrupted last line is repaired (a truncated line is dropped and redone, a complete one missing its
+  newline gets it). Only answers of the very same run are reused: every line carries a ``run_id``, a hash of
+  what determines the answers (benchmark, sha256 of the weights and of the question file, schedule,
+  decoding, dtype; see ``run_identity``), and ``<answers>.run.json`` records that identity in full. A file
+  from another run is moved aside to ``<answers>.stale-<old run_id>`` with a warning naming what changed
+  (``--on-mismatch restart``, the default) or stops the run (``--on-mismatch error``). The identity is
+  computed without loading the model (fingerprints are cached, ``llava.eval.fingerprint``), so rerunning a
+  finished chunk costs no model load.
+- One run per answers file: an exclusive lock on ``<answers>.lock`` is held for the whole run, and a second
+  run on the same file fails at once instead of appending the same answers twice.
 - Decoding is greedy. Batch size 1 is the reference; larger batches left-pad the prompts and pass the
   attention mask, and must give the same answers.
 - The efficiency of the schedule actually run (average vision tokens, vision TFLOPs) is written next to the
@@ -20,16 +27,21 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import re
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llava.eval.benchmarks import BENCHMARK_NAMES, Benchmark, Question, get_benchmark
 from llava.eval.files import EvalDataError, answer_key, read_json, write_json
+from llava.eval.fingerprint import FingerprintCache, checkpoint_fingerprint, file_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -64,59 +76,268 @@ def check_unique_ids(questions: Sequence[Question], where: str) -> None:
         seen.add(q.key)
 
 
-# --------------------------------------------------------------------------------------------------- resume
+# --------------------------------------------------------------------------------------------------- identity
 def run_id_of(identity: dict[str, Any]) -> str:
     """A short stable hash of the settings that determine the answers (not batch size or chunking)."""
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_existing_answers(path: str, allowed: set[str], run_id: str) -> set[str]:
-    """Ids already answered in ``path``; validates them and drops a truncated final line.
+def expected_schedule(model_path: str, preset: str | None, overrides: Sequence[str]) -> dict[str, Any] | None:
+    """The schedule the loaded model will run, worked out without loading it (config.json + preset/overrides).
 
-    Errors: an id outside this chunk (the file was written with different chunking), a duplicate id, or a
-    line from a run with different settings.
+    It mirrors the builder: a preset replaces the saved schedule, then overrides apply. ``run`` checks it
+    against the loaded model, so a divergence cannot slip into the resume identity unnoticed.
+    """
+    try:
+        from llava.model.reduction.config import resolve_reduction
+    except ImportError:  # scoring-only installs; the identity still holds config.json's hash, preset and overrides
+        return None
+    config_path = os.path.join(model_path, "config.json")
+    saved = read_json(config_path, "checkpoint config").get("reduction") if os.path.isfile(config_path) else None
+    return resolve_reduction(preset, list(overrides), base=saved if isinstance(saved, dict) else None).to_dict()
+
+
+def run_identity(
+    args: argparse.Namespace, overrides: Sequence[str], max_new_tokens: int, cache: FingerprintCache | None = None
+) -> dict[str, Any]:
+    """Everything that determines the answers, computed without loading the model.
+
+    The weights and the question file enter by content (sha256), so retraining into the same folder or editing a
+    question changes the identity. Paths do not enter: a copied checkpoint gives the same answers.
+    """
+    cache = cache or FingerprintCache()
+    weights = {"model_path": checkpoint_fingerprint(args.model_path, "--model-path", cache)}
+    if args.model_base:
+        weights["model_base"] = checkpoint_fingerprint(args.model_base, "--model-base", cache)
+    return {
+        "bench": args.bench,
+        "weights": weights,
+        "question_file_sha256": file_fingerprint(args.question_file, cache),
+        "reduction_preset": args.reduction_preset or None,
+        "reduction_overrides": list(overrides),
+        "schedule": expected_schedule(args.model_path, args.reduction_preset or None, overrides),
+        "conv_mode": args.conv_mode,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "dtype": resolve_device_dtype(args.device, args.dtype)[1],
+    }
+
+
+def _plain(value: Any) -> str:
+    return str(value) if value is None or isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
+
+
+def _weights_change(old: Any, new: Any) -> str:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "weights fingerprint changed"
+    parts = []
+    for role in sorted(set(old) | set(new)):
+        if role not in old or role not in new:
+            parts.append(f"{role} {'added' if role in new else 'removed'}")
+            continue
+        before, after = old[role] or {}, new[role] or {}
+        files = [f for f in sorted(set(before) | set(after)) if before.get(f) != after.get(f)]
+        if files:
+            parts.append(f"{role}: {', '.join(files)}")
+    return f"weights fingerprint changed ({'; '.join(parts)})" if parts else "weights fingerprint changed"
+
+
+def describe_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between an old run's recorded identity and this run's, one item per field."""
+    if old is None:
+        return ["the old run's settings are unknown (its .run.json is missing or belongs to another run)"]
+    changes = []
+    for key, after in new.items():
+        if key not in old:
+            changes.append(f"{key} not recorded by the old run")
+            continue
+        before = old[key]
+        if before == after:
+            continue
+        if key == "weights":
+            changes.append(_weights_change(before, after))
+        elif key == "question_file_sha256":
+            changes.append("question file changed")
+        elif key == "schedule" and isinstance(before, dict) and isinstance(after, dict):
+            fields = [
+                f"{k} {_plain(before.get(k))} -> {_plain(after.get(k))}"
+                for k in sorted(set(before) | set(after))
+                if before.get(k) != after.get(k)
+            ]
+            changes.append(f"schedule changed ({', '.join(fields)})")
+        else:
+            changes.append(f"{key} {_plain(before)} -> {_plain(after)}")
+    return changes
+
+
+# --------------------------------------------------------------------------------------------------- resume
+class AnswersFileBusy(EvalDataError):
+    """Another run holds the answers file's lock."""
+
+
+@contextlib.contextmanager
+def answers_lock(answers_file: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``<answers_file>.lock`` for the whole run; a second run fails at once.
+
+    Two runs appending to one file would double its answers. ``flock`` is released by the kernel when the
+    process ends, however it ends, so a crash never leaves the file locked; the small lock file (holding the
+    last holder's pid) stays and is reused.
+    """
+    lock_path = f"{answers_file}.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown (it has just started)"
+            raise AnswersFileBusy(
+                f"answers file {answers_file} is being written by another evaluation run (pid {holder}, per "
+                f"{lock_path}); wait for that run to finish or stop it, then rerun. Two runs on one file would "
+                "append the same answers twice."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def repair_tail(path: str) -> None:
+    """Fixes the last line left by an interrupted write, so that appending resumes cleanly.
+
+    A complete JSON line without its newline gets the newline (otherwise the next answer would be glued onto
+    it); a truncated line is dropped (its question is answered again).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    lineno = data.count(b"\n") + 1
+    try:
+        json.loads(data[cut:].decode("utf-8"))
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError from a multi-byte character cut in half
+        os.truncate(path, cut)
+        logger.warning("%s: dropped line %d, truncated by an interrupted run; its question will be redone", path, lineno)
+        return
+    with open(path, "ab") as f:
+        f.write(b"\n")
+    logger.warning("%s: line %d was complete but lacked its newline (an interrupted write); added it", path, lineno)
+
+
+_JSON_TYPES = {type(None): "null", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+
+
+def scan_answers(path: str) -> list[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line number, record or None, problem or None)`` for every non-blank line of an answers file."""
+    out: list[tuple[int, dict[str, Any] | None, str | None]] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append((lineno, None, "is not valid UTF-8"))
+                continue
+            except json.JSONDecodeError as e:
+                out.append((lineno, None, f"is malformed JSON ({e})"))
+                continue
+            if not isinstance(rec, dict):
+                out.append((lineno, None, f"holds a JSON {_JSON_TYPES.get(type(rec), type(rec).__name__)}, not an answer object"))
+            elif "question_id" not in rec:
+                out.append((lineno, None, "is an object without a question_id"))
+            else:
+                out.append((lineno, rec, None))
+    return out
+
+
+def _read_run_info(path: str) -> dict[str, Any] | None:
+    """A ``.run.json`` for comparison only: missing or unreadable gives None (the caller says "unknown")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _stale_name(path: str, old_run_id: str) -> str:
+    """``<path>.stale-<old run_id>``, numbered when that name is taken: old answers are never overwritten."""
+    base = f"{path}.stale-{re.sub(r'[^A-Za-z0-9_.-]', '_', old_run_id)}"
+    dest, k = base, 1
+    while os.path.exists(dest) or os.path.exists(f"{dest}.run.json"):
+        k += 1
+        dest = f"{base}-{k}"
+    return dest
+
+
+def _set_aside(path: str, old_run_id: str, run_id: str, identity: dict[str, Any], on_mismatch: str) -> None:
+    """Answers from another run: stop (``error``) or move them and their run info aside (``restart``)."""
+    info_path = f"{path}.run.json"
+    old_info = _read_run_info(info_path)
+    if old_info is not None and old_info.get("run_id") != old_run_id:
+        old_info = None
+    reason = "; ".join(describe_changes(old_info, identity)) or "settings differ"
+    if on_mismatch == "error":
+        raise EvalDataError(
+            f"answers file {path} was written by another run (run_id {old_run_id}, this run {run_id}): {reason}. "
+            f"Its answers cannot be reused. Rerun with --on-mismatch restart (scripts: ON_MISMATCH=restart) to move "
+            f"it aside to {path}.stale-{old_run_id} and answer afresh, or use another answers file (CKPT)."
+        )
+    dest = _stale_name(path, old_run_id)
+    os.replace(path, dest)
+    if os.path.exists(info_path):
+        os.replace(info_path, f"{dest}.run.json")
+    logger.warning(
+        "%s was written by another run (run_id %s, this run %s): %s. Moved it to %s; answering afresh.",
+        path, old_run_id, run_id, reason, dest,
+    )
+
+
+def load_existing_answers(
+    path: str,
+    allowed: set[str],
+    run_id: str,
+    identity: dict[str, Any] | None = None,
+    on_mismatch: str = "error",
+) -> set[str]:
+    """Ids already answered in ``path`` by this very run (same ``run_id``); repairs an interrupted last line.
+
+    Answers from another run (any line with a different run_id) are never reused: ``on_mismatch="restart"``
+    moves the file aside to ``<path>.stale-<old run_id>`` and returns nothing, ``"error"`` stops. Problems in
+    a file that would be reused (a corrupt line, a duplicate, an id outside this chunk) are errors that say
+    which line to delete.
     """
     if not os.path.exists(path):
         return set()
-    with open(path, encoding="utf-8") as f:
-        content = f.read()
-    lines = content.split("\n")
-    tail_broken = False
-    if lines and lines[-1].strip():
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            tail_broken = True
-    if tail_broken:
-        logger.warning("%s: dropping a truncated last line from an interrupted run; it will be redone", path)
-        content = content[: content.rfind("\n") + 1] if "\n" in content else ""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(content)
-        lines = content.split("\n")
-    done: set[str] = set()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalDataError(f"answers file {path}, line {lineno}: malformed JSON ({e})") from None
+    repair_tail(path)
+    lines = scan_answers(path)
+    seen_ids = dict.fromkeys(rec.get("run_id") for _, rec, _ in lines if rec is not None)
+    stale = [rid for rid in seen_ids if rid != run_id]
+    if stale:
+        _set_aside(path, str(stale[0]) if stale[0] is not None else "unknown", run_id, identity or {}, on_mismatch)
+        return set()
+    repair = "(its question will be answered again on the next run) or delete the file, then rerun"
+    done: dict[str, int] = {}
+    for lineno, rec, problem in lines:
+        if rec is None:
+            raise EvalDataError(f"answers file {path}, line {lineno} {problem}. Delete line {lineno} {repair}.")
         key = answer_key(rec)
         if key not in allowed:
             raise EvalDataError(
-                f"answers file {path}, line {lineno}: question {rec.get('question_id')!r} is not in this chunk; "
-                "was it written with a different --num-chunks/--chunk-idx or question file?"
+                f"answers file {path}, line {lineno}: question {rec['question_id']!r} is not in this chunk, so the "
+                "file was written with a different --num-chunks/--chunk-idx. Use the answers file of that chunking, "
+                "or move this one away and rerun."
             )
         if key in done:
-            raise EvalDataError(f"answers file {path}, line {lineno}: duplicate question {rec.get('question_id')!r}")
-        if rec.get("run_id") != run_id:
             raise EvalDataError(
-                f"answers file {path}, line {lineno}: written by a run with different settings "
-                f"(run_id {rec.get('run_id')!r}, this run {run_id!r}; see {path}.run.json). "
-                "Use another answers file (CKPT) or delete this one."
+                f"answers file {path}, line {lineno}: a second answer for question {rec['question_id']!r} (the first "
+                f"is on line {done[key]}). Delete line {lineno} {repair}."
             )
-        done.add(key)
-    return done
+        done[key] = lineno
+    return set(done)
 
 
 # --------------------------------------------------------------------------------------------------- backend
@@ -403,6 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"), help="auto: float16 on GPU, float32 on CPU")
+    p.add_argument(
+        "--on-mismatch",
+        default="restart",
+        choices=("restart", "error"),
+        help="when the answers file comes from another run (other weights, question file, schedule or decoding): "
+        "restart moves it aside to <answers>.stale-<old run_id> and answers afresh; error stops",
+    )
     return p
 
 
@@ -413,27 +641,34 @@ def run(
     """Answers this chunk's unanswered questions; returns how many were generated.
 
     ``load`` builds the backend (and returns the model for the efficiency figures); it is only called when
-    there is something left to answer, so a rerun of a finished chunk costs no model load.
+    there is something left to answer, so a rerun of a finished chunk costs no model load. The answers file
+    is locked for the whole call (see ``answers_lock``).
     """
     adapter = get_benchmark(args.bench)
+    with answers_lock(args.answers_file):
+        return _run_locked(args, adapter, load)
+
+
+def _run_locked(
+    args: argparse.Namespace,
+    adapter: Benchmark,
+    load: Callable[[argparse.Namespace, list[str]], tuple[GenerationBackend, Any]],
+) -> int:
     questions = adapter.load_questions(args.question_file)
+    if not questions:
+        # An empty file would "succeed" with no answers and end as a scorer traceback or a score of nothing.
+        raise EvalDataError(
+            f"{adapter.title} question file {args.question_file} holds no questions to run; check that it is the "
+            "right (and complete) file"
+        )
     check_unique_ids(questions, args.question_file)
     start, end = chunk_bounds(len(questions), args.num_chunks, args.chunk_idx)
     chunk = questions[start:end]
     overrides = parse_override_args(args.reduction_override)
     max_new_tokens = args.max_new_tokens or adapter.max_new_tokens
-    identity = {
-        "bench": args.bench,
-        "model_path": os.path.abspath(args.model_path),
-        "model_base": args.model_base,
-        "reduction_preset": args.reduction_preset or None,
-        "reduction_overrides": overrides,
-        "conv_mode": args.conv_mode,
-        "max_new_tokens": max_new_tokens,
-        "dtype": resolve_device_dtype(args.device, args.dtype)[1],
-    }
+    identity = run_identity(args, overrides, max_new_tokens)
     run_id = run_id_of(identity)
-    done = load_existing_answers(args.answers_file, {q.key for q in chunk}, run_id)
+    done = load_existing_answers(args.answers_file, {q.key for q in chunk}, run_id, identity, args.on_mismatch)
     todo = [q for q in chunk if q.key not in done]
     logger.info(
         "%s chunk %d/%d: questions %d-%d (%d), %d already answered, %d to do",
@@ -441,16 +676,31 @@ def run(
     )
     run_info_path = f"{args.answers_file}.run.json"
     model_id = args.model_id or os.path.basename(os.path.normpath(args.model_path))
-    run_info: dict[str, Any] = {**identity, "run_id": run_id, "model_id": model_id}
+    run_info: dict[str, Any] = {
+        **identity,
+        "run_id": run_id,
+        "model_id": model_id,
+        "model_path": os.path.abspath(args.model_path),
+        "model_base": args.model_base,
+        "question_file": os.path.abspath(args.question_file),
+    }
     if not todo:
         if not os.path.exists(args.answers_file):
             os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
             open(args.answers_file, "a").close()
-        if not os.path.exists(run_info_path):
+        # An empty chunk has no lines to compare, so its run info is what the merge checks: keep it current.
+        old_info = _read_run_info(run_info_path)
+        if old_info is None or old_info.get("run_id") != run_id:
             write_json(run_info_path, run_info)
         return 0
     backend, model = load(args, overrides)
     run_info.update(describe_efficiency(model, args.model_path, args.reduction_preset or None, overrides))
+    if identity["schedule"] is not None and run_info.get("reduction") not in (None, identity["schedule"]):
+        raise RuntimeError(
+            f"the loaded model runs schedule {run_info['reduction']} but the run identity was computed for "
+            f"{identity['schedule']}; resume could mix answers of two schedules. This is a bug in "
+            "llava.eval.run_benchmark.expected_schedule: please report it."
+        )
     write_json(run_info_path, run_info)
     n = generate_answers(
         backend, adapter, todo, args.image_folder, args.answers_file, args.batch_size, max_new_tokens,

@@ -6,8 +6,9 @@
 
 Which inputs each benchmark reads is documented on its adapter (``llava.eval.benchmarks``) and in
 docs/Evaluation.md. With ``--question-file`` the answers are first checked to cover exactly the question
-file's ids. A score reported by an evaluation server (VQAv2 test-dev, VizWiz test) can be recorded with
-``--manual-score`` so that the report can show it next to locally scored benchmarks.
+file's ids. A result with nothing scored (an empty annotation file, or annotations that share no question with
+the answers) is an error, never a score of 0. A score reported by an evaluation server (VQAv2 test-dev, VizWiz
+test) can be recorded with ``--manual-score`` so that the report can show it next to locally scored benchmarks.
 
 The result JSON holds the score, the unparsed-output count, the breakdowns, and the run information the
 runner recorded (model, schedule, average vision tokens, vision TFLOPs).
@@ -54,6 +55,20 @@ def check_coverage(answer_keys: Sequence[str], question_keys: Sequence[str], que
             f"answers do not match {question_file}: {len(missing)} question(s) unanswered (e.g. {missing[:5]}), "
             f"{len(extra)} answer(s) for unknown ids (e.g. {extra[:5]})"
         )
+
+
+def ground_truth_names(args: argparse.Namespace) -> str:
+    """The ground-truth inputs given on the command line, for error messages."""
+    given = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--annotation-file", args.annotation_file),
+            ("--annotation-dir", args.annotation_dir),
+            ("--question-file", args.question_file),
+        )
+        if value
+    ]
+    return ", ".join(given) or "no ground-truth input given"
 
 
 def result_record(
@@ -123,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             judge=load_judge(args.judge),
         )
         result = adapter.score(answers, inputs)
+        if result.num_scored == 0:
+            # 0 of 0 is not a score: it would print "accuracy: 0.00" and land in the report as a real number.
+            raise EvalDataError(
+                f"{adapter.title}: none of the {len(answers)} answer(s) in {args.answers_file} could be scored against "
+                f"the ground truth ({ground_truth_names(args)}); is the annotation file empty, or from another split "
+                "than the question file? No result was written."
+            )
         source = "local"
     result.bench = args.bench
     for line in result.summary_lines(adapter.title):

@@ -1,19 +1,58 @@
 """Chat about an image in the terminal, as upstream's `python -m llava.serve.cli`.
 
     python -m llava.serve.cli --model-path ./checkpoints/llava-v1.5-7b-hidrop-tok64 --image-file view.jpg
+
+- An empty message or the end of input (Ctrl-D) ends the chat with exit code 0 and says why; Ctrl-C at the prompt exits 130.
+- Each turn's prompt (the image counting as the model's number of vision tokens) must leave room in the model's
+  context length: a prompt that does not fit is refused with a message, nothing is generated and the turn is
+  forgotten, so a shorter message can be typed; a prompt that fits but leaves less room than --max-new-tokens
+  gets the answer capped to the room left, with a note.
+- A missing or unloadable checkpoint or image, an unknown --reduction preset or a bad --reduction-override is
+  reported as "error: ..." on stderr with exit code 2. --reduction-override takes key=value pairs as separate
+  arguments or several in one quoted argument ("exit_layer=24 topk=hard"), as the evaluation scripts do.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
-from llava.mm_utils import ImageLoadError, load_image, process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
+from llava.mm_utils import (
+    DEFAULT_BACKGROUND,
+    ImageLoadError,
+    background_color,
+    load_image,
+    process_images,
+    tokenizer_image_token,
+)
+from llava.model.builder import CheckpointError, load_pretrained_model
+from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,42 +63,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--conv-mode", default="vicuna_v1")
-    p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.2, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=512)
     p.add_argument("--reduction", default=None, help="preset replacing the checkpoint's schedule")
-    p.add_argument("--reduction-override", nargs="*", default=[], help="key=value schedule overrides")
+    p.add_argument("--reduction-override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="schedule overrides: separate arguments, or several in one quoted argument")
     return p
 
 
-def main(argv: list[str] | None = None, input_fn=input) -> int:
+def split_override_args(values: Sequence[str] | None) -> list[str]:
+    """Flatten ``--reduction-override`` values: each may hold several space-separated ``key=value`` pairs."""
+    return [item for value in values or [] for item in value.split()]
+
+
+def prompt_token_count(input_ids: torch.Tensor, num_vision_tokens: int) -> int:
+    """Tokens the model sees for ``input_ids`` ``[T]``: each image placeholder expands to the vision tokens."""
+    images = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+    return input_ids.numel() - images + images * num_vision_tokens
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None, input_fn: Callable[[str], str] = input) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # Schedule and image are checked before the (slow) model load, so a typo fails at once.
+        overrides = parse_overrides(split_override_args(args.reduction_override))
+        if args.reduction:
+            ReductionConfig.from_preset(args.reduction)
         image = load_image(args.image_file)
-    except ImageLoadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    tokenizer, model, processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, device=args.device, reduction=args.reduction,
-        reduction_overrides=args.reduction_override,
-    )
+        try:
+            tokenizer, model, processor, context_len = load_pretrained_model(
+                args.model_path, args.model_base, device=args.device, reduction=args.reduction,
+                reduction_overrides=overrides or None,
+            )
+        except OSError as e:  # unreadable config/weights/tokenizer files inside an existing directory
+            raise CheckpointError(f"cannot load the model from {args.model_path}: {e}") from e
+        background = background_color(processor)
+        if background != DEFAULT_BACKGROUND:  # transparency must blend into this processor's padding colour
+            image = load_image(args.image_file, background=background)
+    except (ImageLoadError, ReductionConfigError, CheckpointError) as e:
+        return _error(str(e))
     images = process_images([image], processor, model.config.image_aspect_ratio).to(model.device, model.dtype)
+    return chat(args, tokenizer, model, images, int(context_len), input_fn)
+
+
+def chat(args: argparse.Namespace, tokenizer: Any, model: Any, images: torch.Tensor, context_len: int,
+         input_fn: Callable[[str], str]) -> int:
+    """The question/answer loop; returns the exit code."""
     conv = get_conv_template(args.conv_mode)
-    first = True
+    num_vision_tokens = int(model.config.num_vision_tokens)
+    image_sent = False
     while True:
         try:
             text = input_fn(f"{conv.roles[0]}: ")
         except EOFError:
+            print("bye (end of input)", file=sys.stderr)
             return 0
+        except KeyboardInterrupt:
+            print("\nbye (interrupted)", file=sys.stderr)
+            return 130
         if not text.strip():
+            print("bye (empty message)", file=sys.stderr)
             return 0
-        if first:
-            text, first = DEFAULT_IMAGE_TOKEN + "\n" + text, False
-        conv.append_message(conv.roles[0], text)
+        conv.append_message(conv.roles[0], text if image_sent else DEFAULT_IMAGE_TOKEN + "\n" + text)
         conv.append_message(conv.roles[1], None)
-        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt").unsqueeze(0).to(model.device)
-        out = model.generate(ids, images=images, do_sample=args.temperature > 0, temperature=args.temperature,
-                             max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")
+        needed = prompt_token_count(ids, num_vision_tokens)
+        room = context_len - needed
+        if room < 1:
+            # Forget the turn (the image too, if it came with it) so that the next message starts from the same
+            # conversation.
+            del conv.messages[-2:]
+            print(f"error: the prompt would be {needed} tokens (the image counts as {num_vision_tokens}) but the "
+                  f"model's context length is {context_len}; nothing was generated. Type a shorter message, or an "
+                  "empty line to quit.", file=sys.stderr)
+            continue
+        image_sent = True
+        max_new_tokens = args.max_new_tokens
+        if max_new_tokens > room:
+            print(f"note: the prompt is {needed} tokens, so only {room} tokens of the {context_len}-token context are "
+                  f"left; "
+                  f"the answer is capped at {room} new tokens (--max-new-tokens {max_new_tokens})", file=sys.stderr)
+            max_new_tokens = room
+        out = model.generate(ids.unsqueeze(0).to(model.device), images=images, do_sample=args.temperature > 0,
+                             temperature=args.temperature, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         answer = tokenizer.decode(out[0], skip_special_tokens=True).strip()
         print(f"{conv.roles[1]}: {answer}")
         conv.messages[-1] = (conv.roles[1], answer)  # the answer becomes context for the next turn

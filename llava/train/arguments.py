@@ -55,6 +55,11 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = False
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start afresh in an output_dir that holds checkpoints or a saved model (deletes the "
+                          "checkpoints); without it such a run is refused unless it resumes"},
+    )
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "upstream's flag; transformers 5 takes the ratio through warmup_steps"}
     )

@@ -26,7 +26,8 @@ class DataCollatorForSupervisedDataset:
     """Right-pads ``input_ids`` with ``pad_token_id`` and ``labels`` with ``IGNORE_INDEX``; stacks images.
 
     Returns ``input_ids`` [B, T] long, ``labels`` [B, T] long, ``attention_mask`` [B, T] long (1 = token,
-    0 = padding), ``images`` [B, 3, H, W] and ``has_image`` [B] bool.
+    0 = padding), ``images`` [B, 3, H, W], ``has_image`` [B] bool, and ``bad_samples``: the ``(index, reason)``
+    pairs the samples' loaders skipped, for the trainer's tally (it removes them before the forward).
     """
 
     pad_token_id: int
@@ -60,4 +61,5 @@ class DataCollatorForSupervisedDataset:
             "attention_mask": attention_mask,
             "images": torch.stack(images),  # [B, 3, H, W]
             "has_image": torch.tensor([bool(x["has_image"]) for x in instances], dtype=torch.bool),  # [B]
+            "bad_samples": [tuple(pair) for x in instances for pair in x.get("bad_samples", ())],
         }

@@ -10,10 +10,16 @@ Differences from upstream that change what happens (not just how):
   tally at the end of the run. Upstream crashed on a missing image and silently zero-masked mismatches.
 * Truncation is image-aware and happens per sample (see :mod:`llava.train.preprocess`).
 
-Skip counting and DataLoader workers: the tally lives in the dataset object of the process that loads the
-sample. With ``num_workers=0`` that is the training process and :meth:`skipped_counts` is exact. With
-``num_workers > 0`` every worker has its own copy, so the main process's tally stays empty; the per-sample
-warnings are still logged by the workers. Call :meth:`scan` before training for an exact count in that case.
+Skip counting across DataLoader workers and ranks: every sample carries ``bad_samples``, the ``(index, reason)``
+pairs its loading process skipped on the way to it (first meetings only), and the collator passes them on in the
+batch. The trainer, which sees every batch, keeps the union by index, and gathers it across ranks for the log
+and the end-of-run summary. The dataset's own tally (:meth:`skipped_counts`) only knows what its process loaded:
+exact with ``num_workers=0`` on one rank, partial otherwise.
+
+Checked before training starts, whatever ``on_bad_sample`` says: the file holds at least one record, and when
+records have images, the image folder exists. With ``on_bad_sample="skip"`` at least one of the first 64 images
+the records name must also exist: a wrong ``IMAGE_FOLDER`` would otherwise turn into thousands of skips and
+text-only training.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from llava.conversation import ConversationTemplate, get_template
 from llava.mm_utils import (
     IMAGE_ASPECT_RATIOS,
     SampleError,
+    background_color,
     image_processor_output_size,
     load_image,
     process_images,
@@ -43,14 +50,19 @@ from llava.train.preprocess import preprocess, sample_id_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetFormatError", "LazySupervisedDataset", "load_records"]
+__all__ = ["DatasetFormatError", "ImageFolderError", "LazySupervisedDataset", "load_records", "summarize_skips"]
 
 IMAGE_LENGTH_BONUS = 128  # upstream's fixed stand-in for an image in `lengths` (not the real 576 tokens)
 _MAX_REPORTED_IDS = 5
+_FOLDER_PROBE = 64  # image records whose files are looked for before training starts
 
 
 class DatasetFormatError(ValueError):
-    """The data file as a whole is unusable: not JSON, not a list, or a record of the wrong shape."""
+    """The data file as a whole is unusable: not JSON, not a list, empty, or a record of the wrong shape."""
+
+
+class ImageFolderError(ValueError):
+    """The image folder does not exist, or none of the images the data names can be found in it."""
 
 
 def _record_problem(record: Any) -> str | None:
@@ -86,6 +98,8 @@ def load_records(data_path: str | os.PathLike) -> list[dict[str, Any]]:
         raise DatasetFormatError(
             f"data file {path} must contain a JSON list of records, found {type(records).__name__}"
         )
+    if not records:
+        raise DatasetFormatError(f"data file {path} holds no records (an empty list): there is nothing to train on")
     for i, record in enumerate(records):
         problem = _record_problem(record)
         if problem is not None:
@@ -95,7 +109,7 @@ def load_records(data_path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class LazySupervisedDataset(Dataset):
-    """Records -> ``{"input_ids" [T], "labels" [T], "image" [3, H, W], "has_image" bool}``.
+    """Records -> ``{"input_ids" [T], "labels" [T], "image" [3, H, W], "has_image" bool, "bad_samples" list}``.
 
     Text-only records get an all-zero image of the processor's output size, as upstream, so every sample in a
     batch carries an image and every rank runs the vision tower (ZeRO-3 needs identical module calls).
@@ -131,9 +145,11 @@ class LazySupervisedDataset(Dataset):
         self.model_max_length = model_max_length
         self.on_bad_sample = on_bad_sample
         self.image_size = image_processor_output_size(image_processor)  # (H, W) of the zero image
+        self.background = background_color(image_processor)  # transparency is composited over the pad colour
         self._lock = threading.Lock()
         self._bad: dict[int, str] = {}  # index -> reason, each bad sample counted once however often it is hit
         logger.info("loaded %d records from %s", len(self.records), self.data_path)
+        self.check_image_folder()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -167,6 +183,26 @@ class LazySupervisedDataset(Dataset):
         name = Path(record["image"])
         return name if self.image_folder is None else self.image_folder / name
 
+    def check_image_folder(self) -> None:
+        """Raises :class:`ImageFolderError` when the image records cannot possibly load (see the module doc)."""
+        with_image = [r for r in self.records if "image" in r]
+        if not with_image:
+            return
+        if self.image_folder is not None and not self.image_folder.is_dir():
+            raise ImageFolderError(
+                f"image folder {self.image_folder} does not exist, but {len(with_image)} records of "
+                f"{self.data_path} name images relative to it (check IMAGE_FOLDER / --image_folder)"
+            )
+        if self.on_bad_sample == "raise":
+            return  # the first missing image stops the run with its own error
+        probe = with_image[:_FOLDER_PROBE]
+        if not any(self.image_path(r).is_file() for r in probe):
+            where = self.image_folder if self.image_folder is not None else Path.cwd()
+            raise ImageFolderError(
+                f"none of the first {len(probe)} images named by {self.data_path} exist under {where} (e.g. "
+                f"{self.image_path(probe[0])}); check IMAGE_FOLDER / --image_folder"
+            )
+
     def load_sample(self, index: int) -> dict[str, Any]:
         """Build sample ``index`` or raise its :class:`~llava.mm_utils.SampleError` (with id and data file)."""
         record = self.records[index]
@@ -182,7 +218,7 @@ class LazySupervisedDataset(Dataset):
             )
             has_image = "image" in record
             if has_image:
-                pil = load_image(self.image_path(record))
+                pil = load_image(self.image_path(record), background=self.background)
                 image = process_images([pil], self.image_processor, self.image_aspect_ratio)[0]  # [3, H, W]
             else:
                 image = torch.zeros(3, *self.image_size)  # [3, H, W]
@@ -195,9 +231,11 @@ class LazySupervisedDataset(Dataset):
         return {"input_ids": tokens.input_ids, "labels": tokens.labels, "image": image, "has_image": has_image}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The sample, plus ``bad_samples``: the ``(index, reason)`` pairs first met while walking to it."""
         if self.on_bad_sample == "raise":
-            return self.load_sample(index)
+            return {**self.load_sample(index), "bad_samples": []}
         n = len(self)
+        met: list[tuple[int, str]] = []
         # Walk forward from `index` to the first good sample: deterministic for a given index and data, whatever
         # was loaded before (known-bad indices are skipped without being re-read or re-logged).
         for step in range(n):
@@ -205,9 +243,10 @@ class LazySupervisedDataset(Dataset):
             if candidate in self._bad:
                 continue
             try:
-                return self.load_sample(candidate)
+                return {**self.load_sample(candidate), "bad_samples": met}
             except SampleError as err:
                 self._record_skip(candidate, err)
+                met.append((candidate, err.reason))
         raise RuntimeError(f"every sample in {self.data_path} is bad: {self.skipped_counts()}")
 
     def scan(self) -> dict[str, int]:
@@ -246,23 +285,31 @@ class LazySupervisedDataset(Dataset):
         with self._lock:
             return dict(self._bad)
 
-    def report_skips(self, log: logging.Logger | None = None) -> dict[str, int]:
-        """Log the end-of-run summary of skipped samples (a warning if any) and return the counts."""
-        log = log or logger
-        bad = self.skipped_indices()
-        counts = dict(Counter(bad.values()))
-        if not counts:
-            log.info("no bad samples skipped in %s", self.data_path)
-            return counts
-        by_reason: dict[str, list[str]] = {}
-        for index, reason in sorted(bad.items()):
-            by_reason.setdefault(reason, []).append(sample_id_of(self.records[index], index))
-        details = "; ".join(
-            f"{reason}: {len(ids)} (e.g. {', '.join(ids[:_MAX_REPORTED_IDS])})"
-            for reason, ids in sorted(by_reason.items())
-        )
-        log.warning("skipped %d of %d samples in %s: %s", len(bad), len(self), self.data_path, details)
+    def report_skips(self, log: logging.Logger | None = None, bad: dict[int, str] | None = None) -> dict[str, int]:
+        """Logs the end-of-run summary of skipped samples (a warning if any) and returns the counts by reason.
+
+        ``bad`` (index -> reason) replaces this process's own tally, e.g. with the union over workers and ranks.
+        """
+        return summarize_skips(self.skipped_indices() if bad is None else bad, self.records, self.data_path,
+                               log or logger)
+
+
+def summarize_skips(
+    bad: dict[int, str], records: list[dict[str, Any]], data_path: str | os.PathLike, log: logging.Logger
+) -> dict[str, int]:
+    """Logs how many of ``records`` were skipped and why (with example ids); returns the counts by reason."""
+    counts = dict(Counter(bad.values()))
+    if not counts:
+        log.info("no bad samples skipped in %s", data_path)
         return counts
+    by_reason: dict[str, list[str]] = {}
+    for index, reason in sorted(bad.items()):
+        by_reason.setdefault(reason, []).append(sample_id_of(records[index], index))
+    details = "; ".join(
+        f"{reason}: {len(ids)} (e.g. {', '.join(ids[:_MAX_REPORTED_IDS])})" for reason, ids in sorted(by_reason.items())
+    )
+    log.warning("skipped %d of %d samples in %s: %s", len(bad), len(records), data_path, details)
+    return counts
 
 
 def _word_count(record: dict[str, Any]) -> int:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sys
@@ -16,11 +15,12 @@ from transformers import AutoTokenizer, CLIPImageProcessor
 
 from llava.model.builder import default_attn_implementation
 from llava.model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-from llava.model.reduction.config import resolve_reduction
+from llava.model.reduction.config import ReductionConfigError, resolve_reduction
 from llava.train.arguments import build_parser
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train.dataset import LazySupervisedDataset
-from llava.train.trainer import LLaVATrainer, _gather_to_cpu
+from llava.train.dataset import DatasetFormatError, ImageFolderError, LazySupervisedDataset
+from llava.train.run_guard import OutputDirError, OutputDirLock, check_output_dir, die_with_launcher
+from llava.train.trainer import LLaVATrainer, NonFiniteLossError
 
 logger = logging.getLogger("llava.train")
 
@@ -118,45 +118,29 @@ def _wrap_lora(model, args):
     return model
 
 
-def save_trained(trainer: LLaVATrainer, model, tokenizer, image_processor, model_args, training_args) -> None:
-    out = training_args.output_dir
-    if model_args.tune_mm_mlp_adapter:
-        trainer._save(out)
-    elif training_args.lora_enable:
-        named = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
-        extra = _gather_to_cpu(named)
-        if training_args.should_save:
-            model.base_model.model.config.save_pretrained(out)
-            model.save_pretrained(out)
-            torch.save(extra, os.path.join(out, "non_lora_trainables.bin"))
-    else:
-        trainer.save_model(out)
-    if training_args.should_save:
-        tokenizer.save_pretrained(out)
-        image_processor.save_pretrained(out)
-
-
 def train(argv: list[str] | None = None) -> None:
+    die_with_launcher()
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if training_args.should_log else logging.WARNING)
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        # Rank 0 alone guards the directory; if it refuses, torchrun stops the other ranks.
+        lock = OutputDirLock(training_args.output_dir).acquire()
+        check_output_dir(training_args.output_dir, bool(training_args.resume_from_checkpoint),
+                         training_args.overwrite_output_dir)
     if training_args.deepspeed and _uses_zero3(training_args.deepspeed) and not torch.cuda.is_available():
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")  # before zero.Init builds the model on CPU ranks
 
-    existing = glob.glob(os.path.join(training_args.output_dir, "checkpoint-*"))
-    if existing and not training_args.resume_from_checkpoint:
-        logger.warning("%s has %d checkpoint(s); not resuming (pass --resume_from_checkpoint to continue)",
-                       training_args.output_dir, len(existing))
-
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
                                               padding_side="right")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token  # upstream: pad = unk
+    image_processor = CLIPImageProcessor.from_pretrained(model_args.vision_tower or model_args.model_name_or_path)
     model = build_model(model_args, data_args, training_args)
     base = model.base_model.model if training_args.lora_enable else model
-    image_processor = CLIPImageProcessor.from_pretrained(model_args.vision_tower or model_args.model_name_or_path)
 
     dataset = LazySupervisedDataset(
         data_args.data_path, tokenizer, image_processor, data_args.image_folder, TEMPLATES[model_args.version],
@@ -166,19 +150,32 @@ def train(argv: list[str] | None = None) -> None:
     trainer = LLaVATrainer(
         model=model, args=training_args, train_dataset=dataset,
         data_collator=DataCollatorForSupervisedDataset(tokenizer.pad_token_id), processing_class=None,
-        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter, tokenizer=tokenizer, image_processor=image_processor,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.report_skips()
     trainer.save_state()
-    save_trained(trainer, model, tokenizer, image_processor, model_args, training_args)
-    dataset.report_skips(logger)
+    trainer.save_model(training_args.output_dir)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    if lock is not None:
+        lock.release()
+
+
+# Errors whose message says everything: printed without a traceback, exit status 2.
+USER_ERRORS = (TrainingSetupError, OutputDirError, DatasetFormatError, ImageFolderError, NonFiniteLossError,
+               ReductionConfigError, FileNotFoundError)
 
 
 def main() -> None:
-    train()
+    try:
+        train()
+    except USER_ERRORS as e:
+        rank = os.environ.get("RANK")
+        print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)  # skip DeepSpeed's teardown, which can abort on CPU ranks (see below)
     if not torch.cuda.is_available():
         # DeepSpeed's CPU communication threads can abort at interpreter teardown ("terminate called without an
         # active exception"), turning a finished run into a failure. Everything is saved and the process group

@@ -2,6 +2,8 @@
 #
 # Environment (all optional; every benchmark script reads these):
 #   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
+#   MODEL_BASE           base LLM for projector-only and LoRA checkpoints (passed as --model-base; default
+#                        empty: MODEL_PATH is a full checkpoint)
 #   CKPT                 name of the answers and results folders (default: basename of MODEL_PATH, plus
 #                        "-$REDUCTION" and the overrides when those are set, so schedules never share files)
 #   LABEL                row label in the report (default: $CKPT)
@@ -14,17 +16,23 @@
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
 #   PYTHON               python command (default python)
+#   ON_MISMATCH          what a chunk does when its answers file comes from another run (other weights, question
+#                        file, schedule or decoding): restart (default) moves it aside to
+#                        <chunk>.jsonl.stale-<old run_id> and answers afresh; error stops with the differences
 #
-# A rerun resumes: each chunk skips the questions it already answered, then the merge checks that every
-# question has exactly one answer.
+# A rerun resumes: each chunk skips the questions it already answered with the very same weights, question file,
+# schedule and decoding (recorded in <chunk>.jsonl.run.json), then the merge checks that every question has
+# exactly one answer. Only one run may write a chunk file at a time (<chunk>.jsonl.lock).
 
 MODEL_PATH="${MODEL_PATH:-./checkpoints/llava-v1.5-7b-hidrop-tok64}"
+MODEL_BASE="${MODEL_BASE:-}"
 DATA_ROOT="${DATA_ROOT:-./playground/data/eval}"
 REDUCTION="${REDUCTION:-}"
 REDUCTION_OVERRIDES="${REDUCTION_OVERRIDES:-}"
 BATCH_SIZE="${BATCH_SIZE:-1}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"
 PYTHON="${PYTHON:-python}"
+ON_MISMATCH="${ON_MISMATCH:-restart}"
 
 _overrides_tag="$(printf '%s' "$REDUCTION_OVERRIDES" | tr -s ' ' '_' | tr '=,' '-.')"
 CKPT="${CKPT:-$(basename "$MODEL_PATH")${REDUCTION:+-$REDUCTION}${_overrides_tag:+-$_overrides_tag}}"
@@ -66,6 +74,7 @@ run_chunks() {
             exec $PYTHON -m llava.eval.run_benchmark \
                 --bench "$bench" \
                 --model-path "$MODEL_PATH" \
+                ${MODEL_BASE:+--model-base "$MODEL_BASE"} \
                 --model-id "$CKPT" \
                 --question-file "$question_file" \
                 --image-folder "$image_folder" \
@@ -75,7 +84,8 @@ run_chunks() {
                 --batch-size "$BATCH_SIZE" \
                 --max-new-tokens "$MAX_NEW_TOKENS" \
                 --reduction-preset "$REDUCTION" \
-                --reduction-override "$REDUCTION_OVERRIDES"
+                --reduction-override "$REDUCTION_OVERRIDES" \
+                --on-mismatch "$ON_MISMATCH"
         ) &
         pids+=("$!")
     done

@@ -12,6 +12,7 @@
 #
 # Environment (all optional):
 #   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
+#   MODEL_BASE           base LLM for projector-only and LoRA checkpoints (default empty: full checkpoint)
 #   CKPT                 answers/results folder name (default: basename of MODEL_PATH, plus -$REDUCTION and
 #                        the overrides when set)
 #   LABEL                row label in the report (default: $CKPT)
@@ -24,6 +25,8 @@
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
 #   PYTHON               python command (default python)
+#   ON_MISMATCH          answers from another run (other weights/questions/schedule): restart (default, moves
+#                        them aside to <chunk>.stale-<run_id>) or error
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 

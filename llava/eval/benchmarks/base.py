@@ -108,9 +108,15 @@ def decode_base64_image(data: str, where: str) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        from llava.mm_utils import to_rgb
+    except ImportError:  # the model package is optional for scoring-only use and unit tests
+        to_rgb = None
+    try:
         raw = base64.b64decode(data, validate=False)
         with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB")
+            img.load()
+            # to_rgb composites transparency over CLIP's mean colour and scales 16-bit images (convert() does not)
+            return to_rgb(img) if to_rgb is not None else img.convert("RGB")
     except (ValueError, UnidentifiedImageError, OSError) as e:
         raise EvalDataError(f"cannot decode the base64 image of {where}: {e}") from None
 

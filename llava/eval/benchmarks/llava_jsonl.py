@@ -92,6 +92,8 @@ class GQA(LlavaJsonlBenchmark):
         questions = read_json(require(inputs.annotation_file, "--annotation-file (testdev_balanced_questions.json)", self.name), "GQA questions file")
         if not isinstance(questions, dict):
             raise EvalDataError(f"GQA questions file {inputs.annotation_file} must be a JSON object keyed by question id")
+        if not questions:
+            raise EvalDataError(f"GQA questions file {inputs.annotation_file} holds no questions; nothing can be scored")
         predictions = {}
         for k, a in answers_by_key(answers, inputs.answers_file).items():
             text = str(a["text"])
@@ -99,7 +101,13 @@ class GQA(LlavaJsonlBenchmark):
         extra = set(predictions) - set(questions)
         if extra:
             logger.warning("%d GQA predictions have no question in %s; ignored", len(extra), inputs.annotation_file)
-        return gqa_scorer.score_gqa(predictions, questions)
+        try:
+            return gqa_scorer.score_gqa(predictions, questions)
+        except ValueError as e:  # questions without a prediction: the two files are not from the same split
+            raise EvalDataError(
+                f"GQA: {e} (questions file {inputs.annotation_file}, answers {inputs.answers_file}); are the answers "
+                "and the questions file from the same split?"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------------- VQAv2
@@ -178,6 +186,8 @@ class VizWiz(LlavaJsonlBenchmark):
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.annotation_file, "--annotation-file (VizWiz val.json)", self.name)
         data = read_json(path, "VizWiz annotation file")
+        if not isinstance(data, list):
+            raise EvalDataError(f"VizWiz annotation file {path}: expected the official JSON list (val.json)")
         by_image = {a["image"]: a for a in data}
         preds: dict[str, str] = {}
         for a in answers_by_key(answers, inputs.answers_file).values():
@@ -218,6 +228,8 @@ class TextVQA(LlavaJsonlBenchmark):
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.annotation_file, "--annotation-file (TextVQA_0.5.1_val.json)", self.name)
         data = read_json(path, "TextVQA annotation file")
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise EvalDataError(f"TextVQA annotation file {path}: expected a JSON object with a 'data' list")
         index = {(a["image_id"], a["question"].lower()): a for a in data["data"]}
         preds: dict[str, str] = {}
         annotations: dict[str, Mapping[str, Any]] = {}
@@ -350,6 +362,8 @@ class SEED(LlavaJsonlBenchmark):
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.annotation_file, "--annotation-file (SEED-Bench.json)", self.name)
         data = read_json(path, "SEED-Bench annotation file")
+        if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+            raise EvalDataError(f"SEED-Bench annotation file {path}: expected a JSON object with a 'questions' list")
         type_names = {int(v): k for k, v in data.get("question_type", {}).items()}
         by_qid = {qid_key(q["question_id"]): q for q in data["questions"]}
         records = []

@@ -79,7 +79,18 @@ class ScienceQA(Benchmark):
             if len(subset) != len(pids):
                 logger.warning("ScienceQA: the question file covers %d of the %d %s pids", len(subset), len(pids), split)
             pids = subset
+        if pids and not any(p in preds for p in pids):
+            # Unanswered pids count as FAILED upstream; with no answer at all that is a score of 0 for nothing.
+            raise EvalDataError(
+                f"ScienceQA: none of the {len(preds)} answers in {inputs.answers_file} is for a question of split "
+                f"{split!r} in {base}/pid_splits.json; are they from the same split?"
+            )
         result = score_sqa(preds, problems, pids)
+        if pids and not result.details["num_image_questions"]:
+            raise EvalDataError(
+                f"ScienceQA: split {split!r} holds no question with an image in {base}/problems.json, so there is no "
+                "IMG accuracy to report"
+            )
         result.details["split"] = split
         return result
 
@@ -140,6 +151,8 @@ class MMBench(Benchmark):
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.question_file, f"--question-file (the {self.title} TSV, which holds the answers)", self.name)
         rows = self._rows(path)
+        if not rows:
+            raise EvalDataError(f"{self.title} TSV {path} has a header but no rows; nothing can be scored")
         if "answer" not in rows[0] or any(is_missing_cell(r.get("answer")) for r in rows):
             raise EvalDataError(f"{path} has no answers for some rows: only dev can be scored locally (test needs the server)")
         preds = answers_by_key(answers, inputs.answers_file)

@@ -9,6 +9,7 @@ present from the first layer, as in plain LLaVA.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +44,14 @@ class ReductionConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prune_layers", tuple(int(x) for x in self.prune_layers))
         object.__setattr__(self, "keep_counts", tuple(int(x) for x in self.keep_counts))
+        for f in dataclasses.fields(self):
+            if f.type != "float":
+                continue
+            value = getattr(self, f.name)
+            # NaN passes every comparison below (nan < 0 is False), and inf divides to NaN later in training.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ReductionConfigError(f"{f.name} must be a finite number, got {value!r}")
+            object.__setattr__(self, f.name, float(value))
         if self.topk not in ("hard", "diff"):
             raise ReductionConfigError(f"topk must be 'hard' or 'diff', got {self.topk!r}")
         if len(self.prune_layers) != len(self.keep_counts):

@@ -3,6 +3,12 @@
 Both keep exactly k tokens per row in the forward pass, in their original order, with ties broken towards the
 lower index. DTop-K adds a straight-through path: the forward value of the returned scale is exactly 1, and its
 gradient is that of the soft mask ``sigmoid(lambda * (c' - a))`` with ``lambda = N`` and ``a = 1 - k / N``.
+
+A stage with at most one candidate (an earlier stage kept 0 or 1 token) has nothing to rank: the soft rank of a
+single score is undefined (its std is NaN) and ``1 - k / N`` divides by zero for N = 0. Such a stage keeps what
+there is (k of N) as hard top-k does, with a constant scale of 1 and a soft mask equal to the hard one, so it
+passes no gradient to the scores. A stage that keeps 0 of N >= 2 tokens stays differentiable through the soft
+mask (the budget term sees it), although no kept token carries the scale.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ def differentiable_topk(
 ) -> Selection:
     B, N = scores.shape
     keep = hard_topk(scores.detach(), k)
+    if N <= 1:  # nothing to rank (see the module doc)
+        hard = torch.zeros_like(scores).scatter(1, keep, 1.0)
+        return Selection(keep=keep, scale=torch.ones_like(keep, dtype=scores.dtype), soft_mask=hard)
     hard_rank = rank_normalize(scores.detach())
     smooth = soft_rank(scores, temperature)
     rank = hard_rank + (smooth - smooth.detach())  # forward: the paper's c'; backward: the smooth surrogate
