@@ -10,7 +10,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev,lmms]"
+	$(BIN)/pip install -q --no-deps lmms-eval==0.6.1
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -44,15 +44,23 @@ if [[ "${PRINT_ARGS_ONLY:-0}" == "1" ]]; then
     exit 0
 fi
 : "${PYTHON:=python}"
-: "${MASTER_PORT:=29517}"
+# Several machines: run the same script on each with NNODES, its own NODE_RANK, and the MASTER_ADDR/MASTER_PORT
+# of node 0 (torchrun's static rendezvous). OUTPUT_DIR must be on a filesystem every node sees.
+: "${MASTER_PORT:=29517}" "${MASTER_ADDR:=127.0.0.1}" "${NNODES:=1}" "${NODE_RANK:=0}"
+for var in NNODES NODE_RANK MASTER_PORT; do
+    if [[ ! "${!var}" =~ ^[0-9]+$ ]]; then echo "$var must be a whole number, got '${!var}'" >&2; exit 2; fi
+done
+if ((NODE_RANK >= NNODES)); then echo "NODE_RANK=$NODE_RANK must be below NNODES=$NNODES" >&2; exit 2; fi
 if [[ -z "${NPROC:-}" ]]; then
     NPROC=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
+echo "global batch = BATCH_PER_DEVICE $BATCH_PER_DEVICE x GRAD_ACCUM $GRAD_ACCUM x NPROC $NPROC x NNODES $NNODES" \
+    "= $((BATCH_PER_DEVICE * GRAD_ACCUM * NPROC * NNODES))" >&2
 export TOKENIZERS_PARALLELISM=false
 # exec keeps this shell's pid for torchrun; each rank checks that its parent is still this pid and arms
 # SIGKILL-on-parent-death, so killing the launcher (even with SIGKILL) takes the ranks down with it.
 export HIDROP_LAUNCHER_PID=$$
 # DeepSpeed calls deprecated torch.distributed functions every step; keep the progress bars readable.
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_port "$MASTER_PORT" \
-    -m llava.train.train "${ARGS[@]}" "$@"
+exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m llava.train.train "${ARGS[@]}" "$@"

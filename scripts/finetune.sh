@@ -7,7 +7,8 @@
 #   RECIPE         paper (default) | tiny  (tiny: the embedded demo on CPU, 2 ranks over gloo)
 #   MODEL_BASE     base LLM                 [lmsys/vicuna-7b-v1.5]
 #   VISION_TOWER   CLIP vision tower        [openai/clip-vit-large-patch14-336]
-#   PROJECTOR      stage-1 mm_projector.bin [./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}-pretrain/mm_projector.bin]
+#   PROJECTOR      stage-1 mm_projector.bin [./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}-pretrain/mm_projector.bin];
+#                  empty (PROJECTOR=) when MODEL_BASE is a finetuned LLaVA that keeps its own projector
 #   DATA_PATH      conversation JSON        [./playground/data/llava_v1_5_mix665k.json]
 #   IMAGE_FOLDER   image root of DATA_PATH  [./playground/data]
 #   OUTPUT_DIR     checkpoint directory     [./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}]
@@ -21,6 +22,8 @@
 #   OVERWRITE      1 to start afresh in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints) [0]
 #   PRECISION      bf16 (default on GPU) | fp16 | fp32 (default for RECIPE=tiny)
 #   PYTHON [python]   MASTER_PORT [29517]
+#   NNODES [1]   NODE_RANK [0]   MASTER_ADDR [127.0.0.1]   several machines: run this script on each, with the
+#                  same NNODES/MASTER_ADDR/MASTER_PORT (node 0's) and its own NODE_RANK (docs/Training.md)
 # Extra arguments are passed to llava.train.train, e.g. `--resume_from_checkpoint ./checkpoints/.../checkpoint-500`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +33,7 @@ if [[ "$RECIPE" == "tiny" ]]; then
     : "${DATA_PATH:=./playground/demo/data/llava_v1_5_mix665k.json}" "${IMAGE_FOLDER:=./playground/demo/data}"
     : "${REDUCTION:=tiny}" "${BATCH_PER_DEVICE:=16}" "${LR:=2e-3}" "${MODEL_MAX_LENGTH:=256}" "${WORKERS:=0}"
     : "${PRECISION:=fp32}" "${SAVE_STEPS:=1000}" "${OUTPUT_DIR:=./checkpoints/demo-${REDUCTION}}" "${EPOCHS:=2}"
-    : "${PROJECTOR:=./checkpoints/demo-${REDUCTION}-pretrain/mm_projector.bin}"
+    : "${PROJECTOR=./checkpoints/demo-${REDUCTION}-pretrain/mm_projector.bin}"
 elif [[ "$RECIPE" != "paper" ]]; then
     echo "RECIPE must be 'paper' or 'tiny', got '$RECIPE'" >&2; exit 2
 fi
@@ -40,7 +43,7 @@ fi
 : "${EPOCHS:=1}" "${MAX_STEPS:=-1}" "${MODEL_MAX_LENGTH:=2048}" "${SAVE_STEPS:=50000}" "${WORKERS:=4}"
 : "${REPORT_TO:=none}" "${DS_CONFIG:=./scripts/zero3.json}" "${PRECISION:=bf16}" "${ON_BAD_SAMPLE:=raise}"
 : "${OUTPUT_DIR:=./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}}"
-: "${PROJECTOR:=./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}-pretrain/mm_projector.bin}"
+: "${PROJECTOR=./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}-pretrain/mm_projector.bin}"
 if [[ "$LORA" == "1" ]]; then : "${LR:=2e-4}"; else : "${LR:=2e-5}"; fi
 
 ARGS=(

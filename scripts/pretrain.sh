@@ -18,6 +18,8 @@
 #   OVERWRITE      1 to start afresh in an OUTPUT_DIR that holds an earlier run (deletes its checkpoints) [0]
 #   PRECISION      bf16 (default on GPU) | fp16 | fp32 (default for RECIPE=tiny)
 #   PYTHON [python]   MASTER_PORT [29517]
+#   NNODES [1]   NODE_RANK [0]   MASTER_ADDR [127.0.0.1]   several machines: run this script on each, with the
+#                  same NNODES/MASTER_ADDR/MASTER_PORT (node 0's) and its own NODE_RANK (docs/Training.md)
 # Extra arguments are passed to llava.train.train, e.g. `bash scripts/pretrain.sh --resume_from_checkpoint DIR`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,13 +13,13 @@ import pytest
 
 SCRIPTS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "eval")
 BENCH_SCRIPTS = ("gqa", "vqav2", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmbench_cn", "seed", "mmstar")
-ENV_VARS = ("MODEL_PATH", "MODEL_BASE", "ON_MISMATCH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "PYTHON")
+ENV_VARS = ("MODEL_PATH", "MODEL_BASE", "VISION_TOWER_PATH", "ON_MISMATCH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "PYTHON")
 COMMAND = re.compile(r"\$\{?PYTHON\}?\s+-m\s+llava\.eval\.(\w+)(.*)")
 # Values a variable takes in the dummy substitution: numeric flags need numbers, and _common.sh's run_chunks
 # receives the benchmark name as $bench. Anything else becomes "dummy_<NAME>".
 DUMMY = {"CHUNKS": "2", "idx": "1", "IDX": "1", "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "16", "bench": "gqa", "ON_MISMATCH": "error"}
 # Optional variables are empty by default; the commands must also parse that way.
-EMPTY_BY_DEFAULT = ("MODEL_BASE", "REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE")
+EMPTY_BY_DEFAULT = ("MODEL_BASE", "VISION_TOWER_PATH", "REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE")
 
 
 def _script_paths() -> list[str]:
@@ -99,6 +99,7 @@ def test_common_forwards_model_base_and_on_mismatch(empty_optional: bool) -> Non
     assert module == "run_benchmark"
     args = importlib.import_module("llava.eval.run_benchmark").build_parser().parse_args(argv)
     assert args.model_base == (None if empty_optional else "dummy_MODEL_BASE")
+    assert args.vision_tower_path == (None if empty_optional else "dummy_VISION_TOWER_PATH")
     assert args.on_mismatch == "error"
 
 
@@ -113,7 +114,7 @@ def test_run_chunks_passes_model_base_to_the_runner(tmp_path) -> None:
         f'set -euo pipefail\nsource "{os.path.join(SCRIPTS_DIR, "_common.sh")}"\n'
         f'run_chunks gqa q.jsonl images "{tmp_path / "answers"}"\n'
     )
-    base_env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CHUNKS", "MODEL_BASE", "ON_MISMATCH")}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CHUNKS", "MODEL_BASE", "VISION_TOWER_PATH", "ON_MISMATCH")}
     base_env["PYTHON"] = str(fake_python)
 
     def runner_argv(**env: str) -> list[str]:
@@ -124,11 +125,12 @@ def test_run_chunks_passes_model_base_to_the_runner(tmp_path) -> None:
         assert len(runner) == 1
         return runner[0]
 
-    argv = runner_argv(MODEL_BASE="/models/vicuna 7b", ON_MISMATCH="error")
+    argv = runner_argv(MODEL_BASE="/models/vicuna 7b", ON_MISMATCH="error", VISION_TOWER_PATH="/models/clip l")
     assert argv[argv.index("--model-base") + 1] == "/models/vicuna 7b"  # one argument, spaces kept
+    assert argv[argv.index("--vision-tower-path") + 1] == "/models/clip l"
     assert argv[argv.index("--on-mismatch") + 1] == "error"
     argv = runner_argv()
-    assert "--model-base" not in argv
+    assert "--model-base" not in argv and "--vision-tower-path" not in argv
     assert argv[argv.index("--on-mismatch") + 1] == "restart"
 
 

@@ -64,3 +64,23 @@ def test_generate_rejects_unsupported_arguments():
     batch = random_batch(model, [10, 8], [2, 2], left_pad=True, with_labels=False, seed=9)
     with pytest.raises(TypeError, match="num_beams"):
         model.generate(**batch, max_new_tokens=2, num_beams=4)
+
+
+@pytest.mark.parametrize("red", SCHEDULES[1:], ids=lambda r: r.name)
+@pytest.mark.parametrize("lengths,image_at", [([14], [3]), ([12, 12], [2, None])], ids=["one-row", "no-padding"])
+def test_full_recompute_prunes_like_prefill_without_padding(red, lengths, image_at):
+    """Batches without any padding put the text stream's free slot on the right; the recompute query must follow."""
+    model = tiny_model(seed=11)
+    batch = random_batch(model, lengths, image_at, left_pad=True, with_labels=False, seed=11)
+    from llava.model.decoder import run_decoder
+    from llava.model.multimodal_inputs import split_multimodal_batch
+
+    with torch.no_grad():
+        vision = model.encode_images(batch["images"], len(lengths))
+        split = split_multimodal_batch(batch["input_ids"], batch["attention_mask"], vision, model.model.embed_tokens)
+        prefill = run_decoder(model.model, split, model._reduction(red), use_cache=True)
+        query = model.prompt_query(batch["input_ids"], batch["attention_mask"])
+        assert torch.equal(query, split.query_text_index)
+        full = model(**batch, reduction=red, query_text_index=query)
+    for a, b in zip(prefill.stages, full.stages):
+        assert torch.equal(a.keep, b.keep)

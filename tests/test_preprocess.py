@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import CORPUS, image_record, text_record, tiny_tokenizer  # noqa: F401  (fixture import)
+from llama_sp_fixtures import Upstream437, build_llama_sp_dir
 from transformers import AutoTokenizer
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_template
 from llava.demo.tokenizer import train_tokenizer
 from llava.mm_utils import SampleError, tokenizer_image_token, tokenizer_image_token_with_offsets
+from llava.tokenizer_loading import load_tokenizer
 from llava.train.preprocess import (
     MalformedSampleError,
     OverlongSampleError,
@@ -249,6 +251,118 @@ def test_labels_match_upstream_arithmetic_where_it_is_consistent(tiny_tokenizer,
     assert consistent, "upstream's arithmetic would mask this whole sample"
 
 
+# === Legacy LLaMA tokenizer: special tokens written inside answers ===
+# The tokenizer is a real SentencePiece LLaMA-style model loaded the way upstream's Vicuna tokenizer loads
+# (legacy=True: text after <s>, </s>, <unk> gets its own prefix "▁"). The expected ids and labels come from
+# Upstream437, which models transformers 4.37's slow tokenizer and upstream's preprocess with SentencePiece alone.
+
+
+@pytest.fixture(scope="module")
+def legacy_llama(tmp_path_factory: pytest.TempPathFactory):
+    directory = build_llama_sp_dir(tmp_path_factory.mktemp("llama_sp"))
+    tokenizer = load_tokenizer(directory)
+    assert tokenizer.legacy is True and tokenizer.is_fast  # no legacy key: loaded as transformers 4.37 did
+    return tokenizer, Upstream437(directory / "tokenizer.model")
+
+
+def _answer_char_span(rec: dict, template: str, answer_index: int = 0) -> tuple[str, int, int]:
+    conv = build_conversation(rec, get_template(template), has_image="image" in rec, sample_id="x")
+    prompt, spans = conv.get_prompt_with_spans()
+    span = [s for s in spans if s.message_index % 2 == 1][answer_index]
+    return prompt, span.text_start, span.end
+
+
+def test_legacy_decoded_answer_gains_a_space_although_its_token_spans_are_exact(legacy_llama) -> None:
+    """Why the old decode round-trip check rejected these samples: decoding adds a space after </s>."""
+    tokenizer, _ = legacy_llama
+    rec = record("leg-0", ("human", "<image>\nDescribe the image briefly."), ("gpt", "first part</s>second part"))
+    prompt, lo, hi = _answer_char_span(rec, "plain")
+    ids, offsets = tokenizer_image_token_with_offsets(prompt, tokenizer)
+    answer = [j for j, (s, e) in enumerate(offsets) if e > s and lo <= s and e <= hi]
+    decoded = tokenizer.decode([ids[j] for j in answer], skip_special_tokens=False)
+    assert prompt[lo:hi] == "first part</s>second part\n"
+    assert decoded == "first part</s> second part\n"  # what the old check compared, and rejected
+    # The prefix piece after </s> has the span of the character it precedes: the spans tile the answer exactly.
+    after_eos = answer[[ids[j] for j in answer].index(tokenizer.eos_token_id) + 1]
+    assert tokenizer.convert_ids_to_tokens(ids[after_eos]).startswith("▁")
+    assert offsets[after_eos][0] == prompt.index("second")
+
+
+@pytest.mark.parametrize("special", ["</s>", "<unk>", "<s>"])
+def test_golden_plain_legacy_special_token_inside_caption_matches_upstream(legacy_llama, special) -> None:
+    tokenizer, upstream = legacy_llama
+    caption = f"first part{special}second part"
+    rec = record("leg-p", ("human", "<image>\nDescribe the image briefly."), ("gpt", caption))
+    sample = preprocess(rec, tokenizer, "plain", num_image_tokens=576)
+    want_ids, want_labels = upstream.plain(caption)
+    assert sample.input_ids.tolist() == want_ids
+    assert sample.labels.tolist() == want_labels
+    assert upstream.pieces(want_ids)[:2] == ["<s>", "<IMG>"] and want_labels[:3] == [IGNORE_INDEX] * 2 + [want_ids[2]]
+    assert upstream.SPECIALS[special] in want_ids[3:]  # the special token is inside the supervised caption
+
+
+def _v1_record(answer: str) -> dict:
+    return record("leg-v", ("human", "<image>\nWhat digit is shown?"), ("gpt", answer), ("human", "Is it odd?"),
+                  ("gpt", "yes"))
+
+
+def _v1_prompt(rec: dict) -> str:
+    return build_conversation(rec, get_template("vicuna_v1"), has_image=True, sample_id="x").get_prompt()
+
+
+@pytest.mark.parametrize("answer", ["3", "3<s>three"])
+def test_golden_vicuna_legacy_matches_upstream_arithmetic(legacy_llama, answer) -> None:
+    """Multi-turn, with and without <s> inside an answer: upstream's legacy arithmetic is consistent and agrees."""
+    tokenizer, upstream = legacy_llama
+    rec = _v1_record(answer)
+    sample = preprocess(rec, tokenizer, "vicuna_v1", num_image_tokens=576)
+    want_ids, want_labels, cur, total = upstream.v1(_v1_prompt(rec))
+    assert cur == total == len(want_ids)  # upstream keeps these labels
+    assert sample.input_ids.tolist() == want_ids
+    assert sample.labels.tolist() == want_labels
+    # legacy: the second turn's "USER:" right after </s> starts with a prefix "▁", as upstream trained
+    second_user = want_ids.index(2) + 1
+    assert upstream.pieces(want_ids)[second_user].startswith("▁")
+
+
+def test_vicuna_legacy_unk_inside_answer_gets_upstreams_round_labels(legacy_llama) -> None:
+    """Upstream's round arithmetic gives these labels; only its final length check, which counts the genuine
+    <unk> as padding (pad = unk), would then mask the whole sample. Our collator does not treat <unk> as padding."""
+    tokenizer, upstream = legacy_llama
+    rec = _v1_record("3<unk>three")
+    sample = preprocess(rec, tokenizer, "vicuna_v1", num_image_tokens=576)
+    want_ids, want_labels, cur, total = upstream.v1(_v1_prompt(rec))
+    assert cur == len(want_ids) and total == cur - 1
+    assert sample.input_ids.tolist() == want_ids
+    assert sample.labels.tolist() == want_labels
+    assert 0 in sample.labels.tolist()  # the <unk> id is supervised
+
+
+def test_vicuna_legacy_eos_inside_answer_is_supervised_where_upstream_masks_all(legacy_llama) -> None:
+    """Upstream splits the prompt into rounds at </s>, so an inner </s> breaks its arithmetic and it masks the whole
+    sample. Here the ids are still upstream's and every answer token (inner </s> included) is supervised."""
+    tokenizer, upstream = legacy_llama
+    rec = _v1_record("3</s>three")
+    sample = preprocess(rec, tokenizer, "vicuna_v1", num_image_tokens=576)
+    prompt = _v1_prompt(rec)
+    want_ids, _, cur, total = upstream.v1(prompt)
+    assert cur != total  # upstream: "tokenization mismatch", whole sample masked
+    assert sample.input_ids.tolist() == want_ids
+    # Independent expectation: the tokens of everything up to each "ASSISTANT:" are ignored, the rest of each
+    # round (answer and its closing </s>) supervised. SentencePiece never merges across a space, and text after
+    # a special token is encoded on its own, so these prefixes' ids are prefixes of the whole prompt's ids.
+    first_header_end = prompt.index("ASSISTANT:") + len("ASSISTANT:")
+    second_user = prompt.index("USER:", first_header_end)
+    second_header_end = prompt.index("ASSISTANT:", second_user) + len("ASSISTANT:")
+    n1 = len(upstream.tokenizer_image_token(prompt[:first_header_end]))
+    n2 = len(upstream.tokenizer_image_token(prompt[:second_user]))
+    n3 = len(upstream.tokenizer_image_token(prompt[:second_header_end]))
+    assert want_ids[:n1] == upstream.tokenizer_image_token(prompt[:first_header_end])
+    expected = [IGNORE_INDEX] * n1 + want_ids[n1:n2] + [IGNORE_INDEX] * (n3 - n2) + want_ids[n3:]
+    assert sample.labels.tolist() == expected
+    assert [upstream.sp.id_to_piece(i) for i in want_ids[n1:n2]].count("</s>") == 2
+
+
 # === Conversation handling and errors ===
 
 
@@ -297,6 +411,29 @@ def test_token_crossing_answer_boundary_is_a_mismatch_not_a_silent_mask(tiny_tok
     with pytest.raises(TokenizationMismatchError, match="mismatch") as info:
         preprocess(image_record("mm-7", "img.png"), bad_tok, "vicuna_v1", num_image_tokens=576)
     assert "mm-7" in str(info.value) and info.value.reason == "tokenization_mismatch"
+
+
+class _DroppingTokenizer:
+    """A real tokenizer whose encodings lose every occurrence of one token, as a tokenizer that drops text would."""
+
+    def __init__(self, base, dropped_piece: str) -> None:
+        self._base = base
+        self._dropped = base.convert_tokens_to_ids(dropped_piece)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+    def __call__(self, text: str, **kwargs) -> dict:
+        enc = self._base(text, **kwargs)
+        keep = [j for j, token in enumerate(enc["input_ids"]) if token != self._dropped]
+        return {key: [enc[key][j] for j in keep] for key in ("input_ids", "offset_mapping") if key in enc}
+
+
+def test_answer_text_no_token_covers_is_a_mismatch(tiny_tokenizer) -> None:  # noqa: F811
+    dropping = _DroppingTokenizer(tiny_tokenizer, "▁three")
+    with pytest.raises(TokenizationMismatchError, match="no supervised token covers ' three'") as info:
+        preprocess(text_record("gap-1"), dropping, "vicuna_v1", num_image_tokens=576)
+    assert "gap-1" in str(info.value)
 
 
 # === Truncation (image-aware) ===

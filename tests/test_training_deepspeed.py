@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 import torch
-from train_fixtures import build_gqa_eval, eval_gqa, finetune_env, logged_losses, run_script
+from train_fixtures import (
+    REPO,
+    build_gqa_eval,
+    eval_gqa,
+    finetune_env,
+    free_port,
+    logged_losses,
+    run_script,
+    script_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +65,24 @@ def test_zero3_finetune_resume_and_load(tiny_assets, tiny_pretrained, tmp_path):
 
 def test_projector_only_checkpoint_evaluates_with_model_base(tiny_assets, tiny_pretrained, tmp_path):
     eval_gqa(build_gqa_eval(tmp_path / "eval"), tiny_pretrained, MODEL_BASE=tiny_assets["llm"])
+
+
+def test_two_nodes_of_one_rank_train_like_one_node_of_two(tiny_assets, tiny_pretrained, tmp_path):
+    """NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT through the real script: 2 "machines" on localhost, 1 rank each."""
+    env = finetune_env(tiny_assets, tiny_pretrained, MAX_STEPS="3")
+    run_script("finetune.sh", dict(env, OUTPUT_DIR=str(tmp_path / "one")))
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(["bash", str(REPO / "scripts" / "finetune.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=script_env(**env, OUTPUT_DIR=str(tmp_path / "two"), NNODES="2",
+                                                   NODE_RANK=str(rank), NPROC="1", MASTER_PORT=port))
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        out, err = node.communicate(timeout=600)
+        assert node.returncode == 0, out[-2000:] + err[-4000:]
+    assert "global batch = BATCH_PER_DEVICE 4 x GRAD_ACCUM 1 x NPROC 1 x NNODES 2 = 8" in err
+    one, two = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), (step, one, two)

@@ -3,7 +3,7 @@
     python -m llava.eval.convert --bench gqa    --answers-file merge.jsonl --output testdev_balanced_predictions.json
     python -m llava.eval.convert --bench vqav2  --answers-file merge.jsonl --question-file llava_vqav2_mscoco_test2015.jsonl --output upload.json
     python -m llava.eval.convert --bench vizwiz --answers-file merge.jsonl --question-file llava_test.jsonl --output upload.json
-    python -m llava.eval.convert --bench seed   --answers-file merge.jsonl --output upload.jsonl
+    python -m llava.eval.convert --bench seed   --answers-file merge.jsonl --annotation-file SEED-Bench.json --output upload.jsonl
 
 - GQA: ``[{"questionId": str, "prediction": text.rstrip('.').lower()}]``, the official eval.py input.
 - VQAv2 (EvalAI challenge 830, phase test-dev2015): a JSON list ``[{"question_id": int, "answer": str}]`` over
@@ -11,7 +11,13 @@
   not include. Every question of the test-dev answers must be present.
 - VizWiz: ``[{"image": "VizWiz_test_XXXXXXXX.jpg", "answer": str}]`` with EvalAI-normalized answers; every test
   question must have an answer.
-- SEED: the optional leaderboard upload, JSON lines ``{"question_id", "prediction"}``.
+- SEED: the optional leaderboard upload, JSON lines ``{"question_id", "prediction"}``. ``question_id`` is the
+  string SEED-Bench.json uses (LLaVA's question file and so the answers hold it as an int), in SEED-Bench.json's
+  order when ``--annotation-file`` is given; every image question must then have an answer.
+
+The answers file may come from our runner or from upstream LLaVA's answer writers (``model_vqa_loader.py``:
+``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``, ``metadata``); only ``question_id`` and
+``text`` are read. A line without them, or a second answer to a question, is an error naming the line.
 """
 
 from __future__ import annotations
@@ -22,13 +28,35 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.files import EvalDataError, iter_jsonl, qid_key, read_jsonl, write_json, write_jsonl
+from llava.eval.files import EvalDataError, iter_jsonl, qid_key, read_json, write_json, write_jsonl
 from llava.eval.scorers.gqa import convert_prediction
 from llava.eval.scorers.vqa import evalai_normalize
 
 logger = logging.getLogger("llava.eval.convert")
 
 CONVERTIBLE = ("gqa", "vqav2", "vizwiz", "seed")
+
+
+def read_answer_lines(path: str) -> list[dict[str, Any]]:
+    """The answers file's records; each needs ``question_id`` and ``text``, and no question may be answered twice.
+
+    Upstream's converters build ``{question_id: text}`` dicts, so a doubled answer silently replaces the first.
+    """
+    answers: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
+    for lineno, rec in iter_jsonl(path, "answers file"):
+        lacking = [f for f in ("question_id", "text") if rec.get(f) is None]
+        if lacking:
+            raise EvalDataError(f"answers file {path}, line {lineno}: no {'/'.join(lacking)}")
+        key = qid_key(rec["question_id"])
+        if key in first_line:
+            raise EvalDataError(
+                f"answers file {path}, line {lineno}: a second answer to question {rec['question_id']!r} (the first is "
+                f"on line {first_line[key]})"
+            )
+        first_line[key] = lineno
+        answers.append(rec)
+    return answers
 
 
 def gqa_predictions(answers: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -59,8 +87,46 @@ def vizwiz_submission(answers: Sequence[dict[str, Any]], test_questions: Sequenc
     return [{"image": q["image"], "answer": evalai_normalize(by_key[qid_key(q["question_id"])])} for q in test_questions]
 
 
-def seed_upload(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"question_id": a["question_id"], "prediction": str(a["text"])} for a in answers]
+def seed_upload(
+    answers: Sequence[dict[str, Any]], seed_questions: Sequence[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """``{"question_id": str, "prediction"}`` per answer.
+
+    With SEED-Bench.json's ``questions`` the lines follow its order and carry its question_id strings exactly
+    (as upstream's converter writes them); every image question must be answered, and video questions are
+    included when answered (upstream's runs answer them, ours do not). Without it, ids are written as strings
+    in answer order.
+    """
+    if seed_questions is None:
+        return [{"question_id": qid_key(a["question_id"]), "prediction": str(a["text"])} for a in answers]
+    by_key = {qid_key(a["question_id"]): str(a["text"]) for a in answers}
+    known = {qid_key(q["question_id"]) for q in seed_questions}
+    unknown = [a["question_id"] for a in answers if qid_key(a["question_id"]) not in known]
+    if unknown:
+        raise EvalDataError(f"{len(unknown)} answer(s) are not SEED-Bench questions, e.g. {unknown[:5]}")
+    missing = [
+        q["question_id"]
+        for q in seed_questions
+        if q.get("data_type", "image") == "image" and qid_key(q["question_id"]) not in by_key
+    ]
+    if missing:
+        raise EvalDataError(f"{len(missing)} SEED-Bench image question(s) have no answer, e.g. {missing[:5]}")
+    out = [
+        {"question_id": str(q["question_id"]), "prediction": by_key[qid_key(q["question_id"])]}
+        for q in seed_questions
+        if qid_key(q["question_id"]) in by_key
+    ]
+    left_out = len(seed_questions) - len(out)
+    if left_out:
+        logger.info("SEED upload: %d video question(s) have no answer and are left out (SEED-IMG runs images only)", left_out)
+    return out
+
+
+def read_seed_questions(path: str) -> list[dict[str, Any]]:
+    data = read_json(path, "SEED-Bench annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+        raise EvalDataError(f"SEED-Bench annotation file {path}: expected a JSON object with a 'questions' list")
+    return data["questions"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", required=True, choices=CONVERTIBLE)
     p.add_argument("--answers-file", required=True, help="merged answers (JSONL)")
     p.add_argument("--question-file", default=None, help="VQAv2: the full test2015 list; VizWiz: llava_test.jsonl")
+    p.add_argument(
+        "--annotation-file", default=None, help="SEED: SEED-Bench.json (its id strings and order; checks coverage)"
+    )
     p.add_argument("--output", required=True)
     return p
 
@@ -76,11 +145,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    answers = read_jsonl(args.answers_file, "answers file")
+    answers = read_answer_lines(args.answers_file)
     if args.bench == "gqa":
         write_json(args.output, gqa_predictions(answers), indent=None)
     elif args.bench == "seed":
-        write_jsonl(args.output, seed_upload(answers))
+        if args.annotation_file:
+            write_jsonl(args.output, seed_upload(answers, read_seed_questions(args.annotation_file)))
+        else:
+            logger.info("SEED upload without --annotation-file: ids written as strings in answer order, coverage unchecked")
+            write_jsonl(args.output, seed_upload(answers))
     else:
         if not args.question_file:
             parser.error(f"--bench {args.bench} needs --question-file (the full test question list)")

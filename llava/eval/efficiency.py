@@ -10,15 +10,24 @@ layer's input; with ``--text-tokens`` the same formula is also applied to the wh
 Inputs are checked, with "error: ..." on stderr and exit code 2: --layers, --hidden, --ffn and
 --num-vision-tokens must be > 0, --text-tokens >= 0, and each --counts entry must be ``N`` or ``NxLAYERS``
 with 0 <= N <= --num-vision-tokens and LAYERS >= 1, covering exactly the model's layers.
+
+The solver finds keep counts for a budget (``llava.model.reduction.solver``) and prints them as a schedule:
+
+    python -m llava.eval.efficiency --llm vicuna-7b --solve --target-avg 64 --inject 9 --exit 25 \
+        --prune-layers 10,14,16,18 --tail 10,5,1        # -> keep_counts=215,10,5,1 (HiDrop tok64)
+    python -m llava.eval.efficiency --llm vicuna-7b --solve --target-avg 64 --prune-layers 2,8,16
+                                                        # geometric decay, PDrop-shaped -> 111,21,4
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
-from llava.model.reduction.config import PRESETS, ReductionConfigError, resolve_reduction
+from llava.model.reduction.config import NO_EXIT, PRESETS, ReductionConfig, ReductionConfigError, resolve_reduction
+from llava.model.reduction.solver import solve_keep_counts
 
 LLM_SHAPES: dict[str, tuple[int, int, int]] = {  # layers, hidden d, FFN m (paper, Table 6)
     "vicuna-7b": (32, 4096, 11008),
@@ -116,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--schedule", help=f"reduction preset: {', '.join(sorted(PRESETS))}")
     g.add_argument("--counts", help="explicit vision tokens per layer, e.g. 576x8,288x8,144x8,72x8")
+    g.add_argument("--solve", action="store_true", help="find keep counts for --target-avg (see below)")
+    p.add_argument("--target-avg", type=float, help="--solve: average vision tokens per layer to hit")
+    p.add_argument("--inject", type=positive, default=1, help="--solve: injection layer (1 = from the start)")
+    p.add_argument("--exit", type=int, default=NO_EXIT, help="--solve: exit layer (default: vision never leaves)")
+    p.add_argument("--prune-layers", help="--solve: comma-separated prune layers, e.g. 10,14,16,18")
+    p.add_argument("--tail", help="--solve: fixed counts of the stages after the first, e.g. 10,5,1")
     p.add_argument("--override", nargs="*", default=[], help="single-field schedule overrides, key=value")
     p.add_argument("--num-vision-tokens", type=positive, default=576)
     p.add_argument("--text-tokens", type=non_negative, help="also print whole-sequence FLOPs for this many text tokens")
@@ -134,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     L = args.layers or L
     d, m = args.hidden or d, args.ffn or m
     try:
-        if args.counts is not None:
+        if args.solve:
+            red = _solve(args, L)
+            print(f'schedule: REDUCTION_OVERRIDES="{_overrides_line(red)}"')
+            counts = red.counts_per_layer(L, args.num_vision_tokens)
+        elif args.counts is not None:
             counts = parse_counts(args.counts)
             check_counts(counts, L, args.num_vision_tokens)
         else:
@@ -146,6 +165,34 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in report(counts, d, m, args.text_tokens, args.num_vision_tokens).items():
         print(f"{k}={v}")
     return 0
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in (text or "").split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated whole numbers") from None
+
+
+def _solve(args: argparse.Namespace, num_layers: int) -> ReductionConfig:
+    if args.target_avg is None or not args.prune_layers:
+        raise ValueError("--solve needs --target-avg and --prune-layers")
+    if not math.isfinite(args.target_avg):
+        raise ValueError(f"--target-avg must be a finite number, got {args.target_avg}")
+    prune = _int_list(args.prune_layers, "--prune-layers")
+    tail = _int_list(args.tail, "--tail") if args.tail is not None else None
+    solved = solve_keep_counts(args.target_avg, num_layers, args.inject, args.exit, prune, tail, args.num_vision_tokens)
+    red = ReductionConfig(name=f"solved-{args.target_avg:g}", inject_layer=args.inject, prune_layers=prune,
+                          keep_counts=solved.keep_counts, exit_layer=args.exit)
+    return red.validate_for(num_layers, args.num_vision_tokens)
+
+
+def _overrides_line(red: ReductionConfig) -> str:
+    fields = [f"inject_layer={red.inject_layer}", f"prune_layers={','.join(map(str, red.prune_layers))}",
+              f"keep_counts={','.join(map(str, red.keep_counts))}"]
+    if red.exit_layer != NO_EXIT:
+        fields.append(f"exit_layer={red.exit_layer}")
+    return " ".join(fields)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def run_identity(
     weights = {"model_path": checkpoint_fingerprint(args.model_path, "--model-path", cache)}
     if args.model_base:
         weights["model_base"] = checkpoint_fingerprint(args.model_base, "--model-base", cache)
+    if getattr(args, "vision_tower_path", None):
+        weights["vision_tower"] = checkpoint_fingerprint(args.vision_tower_path, "--vision-tower-path", cache)
     return {
         "bench": args.bench,
         "weights": weights,
@@ -584,6 +586,7 @@ def load_backend(args: argparse.Namespace, overrides: list[str]) -> tuple[LlavaB
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path,
         model_base=args.model_base,
+        vision_tower_path=args.vision_tower_path or None,
         device=device,
         torch_dtype=dtype,
         reduction=args.reduction_preset or None,
@@ -604,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None, help="base LLM for LoRA/projector-only checkpoints")
+    p.add_argument("--vision-tower-path", default=None,
+                   help="local CLIP directory replacing the tower a checkpoint names (a hub id on an offline machine)")
     p.add_argument("--model-id", default=None, help="written into every answer; default: basename of --model-path")
     p.add_argument("--question-file", required=True)
     p.add_argument("--image-folder", default="", help="images are looked up relative to this folder")
@@ -682,6 +687,7 @@ def _run_locked(
         "model_id": model_id,
         "model_path": os.path.abspath(args.model_path),
         "model_base": args.model_base,
+        "vision_tower_path": args.vision_tower_path,
         "question_file": os.path.abspath(args.question_file),
     }
     if not todo:

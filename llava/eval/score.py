@@ -6,9 +6,13 @@
 
 Which inputs each benchmark reads is documented on its adapter (``llava.eval.benchmarks``) and in
 docs/Evaluation.md. With ``--question-file`` the answers are first checked to cover exactly the question
-file's ids. A result with nothing scored (an empty annotation file, or annotations that share no question with
-the answers) is an error, never a score of 0. A score reported by an evaluation server (VQAv2 test-dev, VizWiz
-test) can be recorded with ``--manual-score`` so that the report can show it next to locally scored benchmarks.
+file's questions, each answered once. Answer files written by upstream LLaVA's answer writers (no ``uid``,
+``image`` or ``category``) are accepted: POPE and VizWiz-val then need ``--question-file`` to look those
+fields up by question_id, and where question ids repeat (TextVQA, MME) answers are matched to questions on
+(question_id, prompt). A result with nothing scored (an empty annotation file, or annotations that share no
+question with the answers) is an error, never a score of 0. A score reported by an evaluation server (VQAv2
+test-dev, VizWiz test) can be recorded with ``--manual-score`` so that the report can show it next to locally
+scored benchmarks.
 
 The result JSON holds the score, the unparsed-output count, the breakdowns, and the run information the
 runner recorded (model, schedule, average vision tokens, vision TFLOPs).
@@ -21,11 +25,12 @@ import datetime as dt
 import importlib
 import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from llava.eval.benchmarks import BENCHMARK_NAMES, ScoreInputs, get_benchmark
-from llava.eval.files import EvalDataError, answer_key, read_json, write_json
+from llava.eval.files import EvalDataError, read_json, write_json
 from llava.eval.scorers.common import ScoreResult
 from llava.eval.scorers.mmbench import Judge
 
@@ -45,15 +50,36 @@ def load_judge(spec: str | None) -> Judge | None:
     return func
 
 
-def check_coverage(answer_keys: Sequence[str], question_keys: Sequence[str], question_file: str) -> None:
-    """Answers must cover exactly the questions: a missing or extra id means a broken merge or a wrong file."""
+def check_coverage(
+    answer_keys: Sequence[str],
+    question_keys: Sequence[str],
+    question_file: str,
+    skipped_keys: Collection[str] = (),
+) -> None:
+    """Answers must cover exactly the questions, once each: a missing, extra or doubled id means a broken merge
+    or a wrong file. Answers to ``skipped_keys`` (questions the benchmark does not run, such as SEED's video
+    questions, which upstream's runs answer) are allowed; they are counted in the log and left to the scorer."""
+    repeated = sorted(k for k, c in Counter(question_keys).items() if c > 1)
+    if repeated:
+        raise EvalDataError(
+            f"{question_file} lists {len(repeated)} question id(s) more than once (e.g. {repeated[:5]}), so answers "
+            "cannot be matched to its questions by id; is it the benchmark's question file?"
+        )
     qset, aset = set(question_keys), set(answer_keys)
     missing = [k for k in question_keys if k not in aset]
-    extra = [k for k in answer_keys if k not in qset]
-    if missing or extra:
+    skipped = [k for k in answer_keys if k not in qset and k in skipped_keys]
+    extra = [k for k in answer_keys if k not in qset and k not in skipped_keys]
+    doubled = sorted(k for k, c in Counter(answer_keys).items() if c > 1)
+    if missing or extra or doubled:
         raise EvalDataError(
             f"answers do not match {question_file}: {len(missing)} question(s) unanswered (e.g. {missing[:5]}), "
-            f"{len(extra)} answer(s) for unknown ids (e.g. {extra[:5]})"
+            f"{len(extra)} answer(s) for unknown ids (e.g. {extra[:5]}), {len(doubled)} question(s) answered more "
+            f"than once (e.g. {doubled[:5]})"
+        )
+    if skipped:
+        logger.info(
+            "%d answer(s) are to questions of %s that this benchmark does not score (e.g. %s); they are left out",
+            len(skipped), question_file, skipped[:5],
         )
 
 
@@ -98,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.eval.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
     p.add_argument("--answers-file", default=None, help="merged answers (GQA: also the converted predictions JSON)")
-    p.add_argument("--question-file", default=None, help="checks coverage; the ground truth for MMBench/MMStar")
+    p.add_argument(
+        "--question-file",
+        default=None,
+        help="checks coverage; the ground truth for MMBench/MMStar; needed for POPE and VizWiz-val answer files "
+        "written by upstream LLaVA (no category/image fields)",
+    )
     p.add_argument("--annotation-file", default=None, help="GQA/VQAv2/VizWiz/TextVQA/SEED ground truth")
     p.add_argument("--annotation-dir", default=None, help="POPE/MME/ScienceQA ground-truth folder")
     p.add_argument("--split", default=None, help="ScienceQA split (default: test)")
@@ -128,7 +159,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         answers = adapter.read_answers(args.answers_file)
         if args.question_file:
             questions = adapter.load_questions(args.question_file)
-            check_coverage([answer_key(a) for a in answers], [q.key for q in questions], args.question_file)
+            check_coverage(
+                adapter.answer_keys(answers, questions, args.answers_file, args.question_file),
+                [q.key for q in questions],
+                args.question_file,
+                adapter.skipped_question_keys(args.question_file),
+            )
         inputs = ScoreInputs(
             answers_file=args.answers_file,
             question_file=args.question_file,

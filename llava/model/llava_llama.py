@@ -247,7 +247,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             logits = self.lm_head(out.hidden[torch.arange(B), last]).float()  # [B, V]
         else:
             ids, mask = input_ids, attention_mask
-            query = torch.full((B, 1), T, dtype=torch.long, device=input_ids.device)  # after the last prompt token
+            query = self.prompt_query(input_ids, attention_mask)
             logits = self._last_logits(ids, mask, images, red, query)
         for _ in range(max_new_tokens):
             nxt = _next_token(logits, do_sample, temperature, top_p, generator)  # [B]
@@ -267,6 +267,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         if not new_tokens:
             return torch.zeros(B, 0, dtype=torch.long, device=input_ids.device)
         return torch.stack(new_tokens, 1)
+
+    def prompt_query(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1] the scoring query of the prompt (its last token), as a text-stream index that stays valid when
+        generated tokens are appended on the right; full recompute pins it so that it prunes as prefill did."""
+        B = input_ids.shape[0]
+        layout_only = torch.zeros(B, 1, self.config.hidden_size, device=input_ids.device, dtype=self.dtype)
+        return split_multimodal_batch(input_ids, attention_mask, layout_only, self.model.embed_tokens).query_text_index
 
     def _last_logits(self, ids, mask, images, red, query) -> torch.Tensor:
         out = self.forward(ids, mask, images=images, reduction=red, query_text_index=query)

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True)
     p.add_argument("--model-base", default=None)
+    p.add_argument("--vision-tower-path", default=None,
+                   help="local CLIP directory replacing the tower the checkpoint names (a hub id, offline)")
     p.add_argument("--image-file", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--conv-mode", default="vicuna_v1")
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None, input_fn: Callable[[str], str] = input) 
         try:
             tokenizer, model, processor, context_len = load_pretrained_model(
                 args.model_path, args.model_base, device=args.device, reduction=args.reduction,
-                reduction_overrides=overrides or None,
+                reduction_overrides=overrides or None, vision_tower_path=args.vision_tower_path,
             )
         except OSError as e:  # unreadable config/weights/tokenizer files inside an existing directory
             raise CheckpointError(f"cannot load the model from {args.model_path}: {e}") from e

@@ -18,8 +18,19 @@ How the spans are found differs from upstream on purpose. Upstream re-tokenizes 
 part separately and subtracts hand-tuned offsets (-2, -1) that depend on the tokenizer's ``legacy`` flag and the
 ``tokenizers`` version; when they are wrong it masks the whole sample and prints one warning, and training goes
 on with zero loss for that sample. Here the prompt is tokenized once with character offsets, a token is
-supervised when its characters fall inside an answer's span, and the result is checked (the supervised tokens
-must decode back to the answer text plus ``</s>``). Any inconsistency raises :class:`TokenizationMismatchError`.
+supervised when its characters fall inside an answer's span, and the result is checked: the supervised tokens
+must be contiguous, stay inside the answer's characters (answer text plus ``</s>``) and cover all of them, apart
+from whitespace no token carries. Any inconsistency raises :class:`TokenizationMismatchError`.
+
+The check compares character spans, not decoded text. A legacy LLaMA tokenizer (``legacy=True``, which is how
+upstream loads Vicuna's tokenizer, see :mod:`llava.tokenizer_loading`) gives the text right after ``<s>``,
+``</s>`` or ``<unk>`` its own prefix ``"▁"``. That piece stands for no character of the prompt (its offsets are
+those of the character it precedes), but decoding turns it into a space: ``"first part</s>second part"`` decodes
+as ``"first part</s> second part"`` although every token is exactly where it belongs. Such special tokens written
+inside an answer are supervised like the rest of it. Upstream trains the same labels for a ``plain`` caption and
+for ``<s>`` inside a ``vicuna_v1`` answer, but masks the whole ``vicuna_v1`` sample when an answer contains
+``</s>`` (its split into rounds at ``</s>`` breaks) or ``<unk>`` (its final length check counts ``<unk>``, the pad
+token, as padding); those are deliberate differences, like the collator's treatment of ``<unk>``.
 
 Truncation happens here, not in the collator, because only here is it known where the image sits:
 ``model_max_length`` counts the sequence after the placeholder expands to ``num_image_tokens`` vision tokens.
@@ -211,6 +222,27 @@ def _answer_region(prompt: str, span: MessageSpan) -> tuple[int, int]:
     return span.start + len(header.rstrip()), span.end
 
 
+def _coverage_problem(prompt: str, lo: int, hi: int, spans: Sequence[tuple[int, int]]) -> str | None:
+    """Why the token ``spans`` (in token order, each inside ``[lo, hi)``) do not cover ``prompt[lo:hi]``, or None.
+
+    Spans may overlap: the bytes of one character share its span under byte fallback, and a legacy tokenizer's
+    prefix ``"▁"`` after a special token shares the span of the character it precedes. Characters no token
+    covers are tolerated only if they are whitespace (a tokenizer may drop it), so a dropped word, or offsets
+    that point elsewhere, are reported instead of trained on.
+    """
+    covered = lo  # every character before this one is covered by some token so far
+    previous_start = lo
+    for start, end in spans:
+        if start < previous_start:
+            return f"the supervised tokens' character spans run backwards at {(start, end)}"
+        if start > covered and prompt[covered:start].strip():
+            return f"no supervised token covers {prompt[covered:start]!r}"
+        previous_start, covered = start, max(covered, end)
+    if prompt[covered:hi].strip():
+        return f"no supervised token covers {prompt[covered:hi]!r}"
+    return None
+
+
 def _answer_tokens(
     prompt: str,
     span: MessageSpan,
@@ -234,12 +266,7 @@ def _answer_tokens(
     elif any(ids[j] == IMAGE_TOKEN_INDEX for j in members):
         problem = "the answer overlaps an image placeholder"
     else:
-        decoded = tokenizer.decode(
-            [ids[j] for j in members], skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-        # Leading spaces are compared loosely: the Llama decoder strips one leading space from any decode.
-        if decoded.lstrip(" ") != prompt[lo:hi].lstrip(" "):
-            problem = f"the supervised tokens decode to {decoded!r}"
+        problem = _coverage_problem(prompt, lo, hi, [offsets[j] for j in members])
     if problem is not None:
         pieces = tokenizer.convert_ids_to_tokens([ids[j] for j in members])
         raise TokenizationMismatchError(

@@ -11,11 +11,13 @@ import sys
 
 import torch
 import torch.distributed as dist
-from transformers import AutoTokenizer, CLIPImageProcessor
+from transformers import CLIPImageProcessor
 
 from llava.model.builder import default_attn_implementation
+from llava.model.checkpoint_loading import CheckpointError, is_llava_checkpoint, load_llava
 from llava.model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.reduction.config import ReductionConfigError, resolve_reduction
+from llava.tokenizer_loading import load_tokenizer
 from llava.train.arguments import build_parser
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.dataset import DatasetFormatError, ImageFolderError, LazySupervisedDataset
@@ -73,9 +75,20 @@ def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
     config.tokenizer_padding_side = "right"
     config.use_cache = False
     attn = model_args.attn_implementation or default_attn_implementation()
-    model = LlavaLlamaForCausalLM.from_pretrained(
-        model_args.model_name_or_path, config=config, dtype=dtype, attn_implementation=attn
-    )
+    # A finetuned LLaVA (ours or upstream's layout) continues with its own projector and tower; a plain LLM
+    # (Vicuna) gets them from --vision_tower and --pretrain_mm_mlp_adapter. Both load strictly.
+    llava_base = is_llava_checkpoint(model_args.model_name_or_path)
+    if llava_base and model_args.pretrain_mm_mlp_adapter:
+        raise TrainingSetupError(
+            f"--model_name_or_path {model_args.model_name_or_path} is a LLaVA checkpoint with its own projector; "
+            "--pretrain_mm_mlp_adapter would replace it. Pass PROJECTOR= (empty) to continue from the checkpoint's "
+            "projector"
+        )
+    try:
+        model = load_llava(model_args.model_name_or_path, dtype, attn,
+                           model_args.vision_tower if llava_base else None, config)
+    except CheckpointError as e:
+        raise TrainingSetupError(str(e)) from e
     if model_args.vision_tower:
         model.initialize_vision_modules(
             model_args.vision_tower, model_args.mm_projector_type, model_args.mm_vision_select_layer,
@@ -134,7 +147,7 @@ def train(argv: list[str] | None = None) -> None:
 
         deepspeed.init_distributed(dist_backend="gloo")  # before zero.Init builds the model on CPU ranks
 
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
                                               padding_side="right")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token  # upstream: pad = unk

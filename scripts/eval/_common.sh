@@ -4,6 +4,8 @@
 #   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
 #   MODEL_BASE           base LLM for projector-only and LoRA checkpoints (passed as --model-base; default
 #                        empty: MODEL_PATH is a full checkpoint)
+#   VISION_TOWER_PATH    local CLIP directory replacing the vision tower the checkpoint names (e.g. upstream's
+#                        hub id openai/clip-vit-large-patch14-336 on an offline machine; default empty)
 #   CKPT                 name of the answers and results folders (default: basename of MODEL_PATH, plus
 #                        "-$REDUCTION" and the overrides when those are set, so schedules never share files)
 #   LABEL                row label in the report (default: $CKPT)
@@ -26,6 +28,7 @@
 
 MODEL_PATH="${MODEL_PATH:-./checkpoints/llava-v1.5-7b-hidrop-tok64}"
 MODEL_BASE="${MODEL_BASE:-}"
+VISION_TOWER_PATH="${VISION_TOWER_PATH:-}"
 DATA_ROOT="${DATA_ROOT:-./playground/data/eval}"
 REDUCTION="${REDUCTION:-}"
 REDUCTION_OVERRIDES="${REDUCTION_OVERRIDES:-}"
@@ -75,6 +78,7 @@ run_chunks() {
                 --bench "$bench" \
                 --model-path "$MODEL_PATH" \
                 ${MODEL_BASE:+--model-base "$MODEL_BASE"} \
+                ${VISION_TOWER_PATH:+--vision-tower-path "$VISION_TOWER_PATH"} \
                 --model-id "$CKPT" \
                 --question-file "$question_file" \
                 --image-folder "$image_folder" \

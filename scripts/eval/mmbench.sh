@@ -15,6 +15,7 @@
 # Environment (all optional):
 #   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
 #   MODEL_BASE           base LLM for projector-only and LoRA checkpoints (default empty: full checkpoint)
+#   VISION_TOWER_PATH    local CLIP directory replacing the tower the checkpoint names (offline hub ids)
 #   CKPT                 answers/results folder name (default: basename of MODEL_PATH, plus -$REDUCTION and
 #                        the overrides when set)
 #   LABEL                row label in the report (default: $CKPT)

@@ -14,6 +14,7 @@
 # Environment (all optional):
 #   MODEL_PATH           checkpoint to evaluate (default ./checkpoints/llava-v1.5-7b-hidrop-tok64)
 #   MODEL_BASE           base LLM for projector-only and LoRA checkpoints (default empty: full checkpoint)
+#   VISION_TOWER_PATH    local CLIP directory replacing the tower the checkpoint names (offline hub ids)
 #   CKPT                 answers/results folder name (default: basename of MODEL_PATH, plus -$REDUCTION and
 #                        the overrides when set)
 #   LABEL                row label in the report (default: $CKPT)
@@ -43,6 +44,7 @@ run_chunks seed "$QUESTIONS" "$BENCH_DIR" "$ANSWERS_DIR"
 $PYTHON -m llava.eval.convert \
     --bench seed \
     --answers-file "$ANSWERS_DIR/merge.jsonl" \
+    --annotation-file "$BENCH_DIR/SEED-Bench.json" \
     --output "$BENCH_DIR/answers_upload/$CKPT.jsonl"
 
 $PYTHON -m llava.eval.score \

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from llava.eval.files import EvalDataError, qid_key, read_jsonl
+from llava.eval.files import EvalDataError, answer_key, qid_key, read_jsonl
 from llava.eval.scorers.common import ScoreResult
 
 if TYPE_CHECKING:
@@ -146,8 +146,27 @@ class Benchmark(ABC):
         return open_image_file(os.path.join(image_folder, question.image))
 
     def read_answers(self, path: str) -> list[dict[str, Any]]:
-        """Merged answers as written by the runner (JSONL)."""
+        """Merged answers as written by the runner or by upstream LLaVA's answer writers (JSONL)."""
         return read_jsonl(path, "answers file")
+
+    def answer_keys(
+        self, answers: list[dict[str, Any]], questions: list[Question], answers_file: str, question_file: str
+    ) -> list[str]:
+        """The ``Question.key`` each answer belongs to, in answer order (for the coverage check).
+
+        By default that is the answer's own id; adapters whose question ids repeat override it so that answer
+        files without our ``uid`` (upstream's) can be checked too.
+        """
+        check_answer_fields(answers, answers_file, ("question_id",))
+        return [answer_key(a) for a in answers]
+
+    def skipped_question_keys(self, question_file: str) -> set[str]:
+        """Keys of questions in ``question_file`` that this benchmark neither runs nor scores.
+
+        Upstream runs every line of its question files, so its answer files may answer these (SEED's video
+        questions); such answers are allowed by the coverage check and left out of the score, with a count.
+        """
+        return set()
 
 
 def require(value: str | None, flag: str, bench: str) -> str:
@@ -155,6 +174,14 @@ def require(value: str | None, flag: str, bench: str) -> str:
     if not value:
         raise EvalDataError(f"scoring {bench} needs {flag}")
     return value
+
+
+def check_answer_fields(answers: list[dict[str, Any]], where: str, fields: tuple[str, ...] = ("question_id", "text")) -> None:
+    """Every answer needs ``fields``; the error names the answer's position in the file (blank lines aside)."""
+    for n, a in enumerate(answers, start=1):
+        lacking = [f for f in fields if a.get(f) is None]
+        if lacking:
+            raise EvalDataError(f"{where}: answer {n} has no {'/'.join(lacking)}: {str(a)[:200]}")
 
 
 def answers_by_key(answers: list[dict[str, Any]], where: str) -> dict[str, dict[str, Any]]:

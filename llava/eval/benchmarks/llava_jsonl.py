@@ -3,12 +3,20 @@ GQA, VQAv2, VizWiz, TextVQA, POPE, MME and SEED-IMG.
 
 Each adapter also accepts the official question format where scoring a local proxy needs it (VQAv2 val
 questions, VizWiz ``val.json``), so no conversion script is needed for those.
+
+Answer files written by upstream LLaVA (``model_vqa_loader.py``: ``question_id``, ``prompt``, ``text``,
+``answer_id``, ``model_id``, ``metadata``) and the reference predictions shipped with LLaVA's eval data lack
+the fields our runner copies from the question (``image``, ``category``, ``uid``). Where a scorer needs one,
+it is looked up the way upstream's own scorer looks it up: by ``question_id`` in ``--question-file`` (POPE,
+VizWiz), from the ``question_id`` itself (MME), or by (``question_id``, prompt text) (TextVQA, and the coverage
+check of the benchmarks whose question ids repeat).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +28,7 @@ from llava.eval.benchmarks.base import (
     Question,
     ScoreInputs,
     answers_by_key,
+    check_answer_fields,
     ensure_suffix,
     require,
     strip_suffix,
@@ -68,10 +77,114 @@ class LlavaJsonlBenchmark(Benchmark):
     """Questions from LLaVA's eval.zip JSONL files."""
 
     repeated_ids: ClassVar[bool] = False  # True where LLaVA's file reuses question_id (TextVQA, MME)
+    question_file_name: ClassVar[str] = "the LLaVA question file"  # named in errors asking for --question-file
 
     def load_questions(self, path: str) -> list[Question]:
         questions = load_llava_jsonl(path, self.suffix, f"{self.title} question file")
         return assign_uids(questions) if self.repeated_ids else questions
+
+    def answer_keys(
+        self, answers: list[dict[str, Any]], questions: list[Question], answers_file: str, question_file: str
+    ) -> list[str]:
+        """Where question ids repeat, an answer without our ``uid`` is matched on (question_id, prompt text).
+
+        That is the key upstream's scorers use (``eval_textvqa.py``: image id + the question read from the
+        prompt; ``convert_answer_to_mme.py``: subtask/image from the id + the prompt). Questions that share both
+        the id and the text are the same question on the same image, so they are paired in file order, which
+        cannot change a score. An answer that matches no question, or one question too many times, is an error.
+        """
+        if not self.repeated_ids:
+            return super().answer_keys(answers, questions, answers_file, question_file)
+        check_answer_fields(answers, answers_file, ("question_id",))
+        slots: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for q in questions:
+            slots[(qid_key(q.qid), strip_suffix(q.text, self.suffix))].append(q.key)
+        taken: Counter[tuple[str, str]] = Counter()
+        keys = []
+        for n, a in enumerate(answers, start=1):
+            if a.get("uid") is not None:
+                keys.append(str(a["uid"]))
+                continue
+            if a.get("prompt") is None:
+                raise EvalDataError(
+                    f"{answers_file}, answer {n}: no 'uid' and no 'prompt', so it cannot be matched to one of the "
+                    f"{self.title} questions sharing question_id {a['question_id']!r} in {question_file}"
+                )
+            slot = (qid_key(a["question_id"]), strip_suffix(str(a["prompt"]), self.suffix))
+            candidates = slots.get(slot, [])
+            if not candidates:
+                raise EvalDataError(
+                    f"{answers_file}, answer {n}: no question in {question_file} has question_id "
+                    f"{a['question_id']!r} and the prompt {str(a['prompt'])[:200]!r}; were the answers written for "
+                    "another question file?"
+                )
+            if taken[slot] >= len(candidates):
+                raise EvalDataError(
+                    f"{answers_file}, answer {n}: question_id {a['question_id']!r} with the prompt "
+                    f"{str(a['prompt'])[:200]!r} is answered more often than {question_file} asks it "
+                    f"({len(candidates)} time(s)): a doubled answer (a rerun appended to the file?)"
+                )
+            keys.append(candidates[taken[slot]])
+            taken[slot] += 1
+        return keys
+
+    def fill_from_questions(
+        self, answers: list[dict[str, Any]], fields: tuple[str, ...], inputs: ScoreInputs
+    ) -> list[dict[str, Any]]:
+        """The answers, with ``fields`` copied from their question wherever an answer lacks them.
+
+        Our runner writes these fields into every answer; upstream's writers do not, and upstream's scorer
+        looks them up in the question file by ``question_id`` (``eval_pope.py``). A question file that repeats
+        that id makes the lookup ambiguous, which is an error here (upstream silently takes the last line).
+        """
+        lacking = [a for a in answers if any(a.get(f) is None for f in fields)]
+        if not lacking:
+            return answers
+        names = "/".join(repr(f) for f in fields)
+        if not inputs.question_file:
+            raise EvalDataError(
+                f"{self.title}: {len(lacking)} of {len(answers)} answer(s) in {inputs.answers_file} have no {names} "
+                "(an answer file written by upstream LLaVA's model_vqa_loader.py, or LLaVA's reference predictions); "
+                f"pass --question-file ({self.question_file_name}) so that they can be joined to their questions by "
+                "question_id"
+            )
+        path = inputs.question_file
+        by_id: dict[str, list[Question]] = defaultdict(list)
+        for q in self.load_questions(path):
+            by_id[qid_key(q.qid)].append(q)
+        filled_answers = []
+        for n, a in enumerate(answers, start=1):
+            if all(a.get(f) is not None for f in fields):
+                filled_answers.append(a)
+                continue
+            matches = by_id.get(qid_key(a["question_id"]), [])
+            if not matches:
+                raise EvalDataError(f"{inputs.answers_file}, answer {n}: question_id {a['question_id']!r} is not in {path}")
+            if len(matches) > 1:
+                raise EvalDataError(
+                    f"{inputs.answers_file}, answer {n}: question_id {a['question_id']!r} appears {len(matches)} times "
+                    f"in {path}, so its {names} cannot be looked up by question_id; use answers written by "
+                    "llava.eval.run_benchmark (they carry these fields) or a question file with unique ids"
+                )
+            q = matches[0]
+            # Catches a question file of another release that reuses the ids for other questions.
+            if a.get("prompt") is not None and strip_suffix(str(a["prompt"]), self.suffix) != strip_suffix(q.text, self.suffix):
+                raise EvalDataError(
+                    f"{inputs.answers_file}, answer {n}: question_id {a['question_id']!r} was asked "
+                    f"{str(a['prompt'])[:200]!r}, but {path} says {q.text[:200]!r}; the answers were written for "
+                    "another question file"
+                )
+            filled = dict(a)
+            for f in fields:
+                if filled.get(f) is None:
+                    if q.extra.get(f) is None:
+                        raise EvalDataError(f"{path}: question {q.qid!r} has no {f!r}, which {self.title} scoring needs")
+                    filled[f] = q.extra[f]
+            filled_answers.append(filled)
+        logger.info(
+            "%s: took %s of %d answer(s) from %s by question_id", self.title, names, len(lacking), path
+        )
+        return filled_answers
 
 
 # --------------------------------------------------------------------------------------------------- GQA
@@ -171,6 +284,7 @@ class VizWiz(LlavaJsonlBenchmark):
     title = "VizWiz"
     suffix = VIZWIZ_SUFFIX
     server_only = True
+    question_file_name = "the val question file the answers were written for: val.json or a LLaVA-format JSONL"
 
     def load_questions(self, path: str) -> list[Question]:
         if path.endswith(".jsonl"):
@@ -190,6 +304,9 @@ class VizWiz(LlavaJsonlBenchmark):
             raise EvalDataError(f"VizWiz annotation file {path}: expected the official JSON list (val.json)")
         by_image = {a["image"]: a for a in data}
         preds: dict[str, str] = {}
+        check_answer_fields(answers, inputs.answers_file)
+        # The evaluator joins results on the image name; upstream-written answers carry only question_id.
+        answers = self.fill_from_questions(answers, ("image",), inputs)
         for a in answers_by_key(answers, inputs.answers_file).values():
             image = a.get("image")
             if image not in by_image:
@@ -230,7 +347,9 @@ class TextVQA(LlavaJsonlBenchmark):
         data = read_json(path, "TextVQA annotation file")
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise EvalDataError(f"TextVQA annotation file {path}: expected a JSON object with a 'data' list")
+        # Keyed as upstream keys it; a repeated (image, question) pair keeps its last entry there too.
         index = {(a["image_id"], a["question"].lower()): a for a in data["data"]}
+        check_answer_fields(answers, inputs.answers_file, ("question_id", "prompt", "text"))
         preds: dict[str, str] = {}
         annotations: dict[str, Mapping[str, Any]] = {}
         for i, a in enumerate(answers):
@@ -252,15 +371,19 @@ class POPE(LlavaJsonlBenchmark):
     """POPE (COCO). Score inputs: ``--annotation-dir`` holding ``coco_pope_{adversarial,popular,random}.json``.
 
     Labels are joined on (split, image, question text); a question without a label, or a key with two
-    different labels, is an error.
+    different labels, is an error. Answers without ``category``/``image`` (upstream's) take them from
+    ``--question-file`` by question_id, as ``eval_pope.py`` does.
     """
 
     name = "pope"
     title = "POPE"
+    question_file_name = "llava_pope_test.jsonl, which gives each question its split as 'category'"
 
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         ann_dir = require(inputs.annotation_dir, "--annotation-dir (the folder with coco_pope_<split>.json)", self.name)
-        splits = sorted({str(a.get("category")) for a in answers})
+        check_answer_fields(answers, inputs.answers_file, ("question_id", "prompt", "text"))
+        answers = self.fill_from_questions(answers, ("category", "image"), inputs)
+        splits = sorted({str(a["category"]) for a in answers})
         labels: dict[tuple[str, str, str], str] = {}
         for split in splits:
             path = os.path.join(ann_dir, f"coco_pope_{split}.json")
@@ -271,7 +394,7 @@ class POPE(LlavaJsonlBenchmark):
                     raise EvalDataError(f"POPE annotation {path}: conflicting labels for {key}")
         records = []
         for a in answers:
-            key = (str(a.get("category")), str(a.get("image")), strip_suffix(a["prompt"], self.suffix))
+            key = (str(a["category"]), str(a["image"]), strip_suffix(a["prompt"], self.suffix))
             if key not in labels:
                 raise EvalDataError(f"POPE answer {a['question_id']!r}: no label for (split, image, question) = {key}")
             records.append({"split": key[0], "text": str(a["text"]), "label": labels[key]})
@@ -322,7 +445,9 @@ def load_mme_ground_truth(root: str) -> dict[tuple[str, str, str], str]:
 
 class MME(LlavaJsonlBenchmark):
     """MME. Score inputs: ``--annotation-dir MME_Benchmark_release_version``. Answers are joined on (subtask,
-    image, question) and acc+ groups by image, so answer order does not matter."""
+    image, question) and acc+ groups by image, so answer order does not matter. Answers without ``category`` /
+    ``image`` (upstream's) take both from the question id ``<subtask>/<image file>``, as upstream's
+    ``convert_answer_to_mme.py`` does."""
 
     name = "mme"
     title = "MME"
@@ -330,9 +455,15 @@ class MME(LlavaJsonlBenchmark):
 
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         gt = load_mme_ground_truth(require(inputs.annotation_dir, "--annotation-dir (MME_Benchmark_release_version)", self.name))
+        check_answer_fields(answers, inputs.answers_file, ("question_id", "prompt", "text"))
         records = []
-        for a in answers:
+        for n, a in enumerate(answers, start=1):
             qid = str(a["question_id"])
+            if not a.get("category") and "/" not in qid:
+                raise EvalDataError(
+                    f"{inputs.answers_file}, answer {n}: no 'category', and question_id {qid!r} is not "
+                    "'<subtask>/<image file>' (the form of llava_mme.jsonl), so its subtask is unknown"
+                )
             subtask = str(a.get("category") or qid.split("/")[0])
             image = os.path.basename(str(a.get("image") or qid))
             key = (subtask, os.path.splitext(image)[0], _mme_question_key(a["prompt"]))
@@ -343,10 +474,20 @@ class MME(LlavaJsonlBenchmark):
 
 
 # --------------------------------------------------------------------------------------------------- SEED
+def is_seed_video_question(question: Question) -> bool:
+    """LLaVA's SEED file points video questions at a middle frame under ``SEED-Bench-video-image/``."""
+    return str(question.image or "").startswith("SEED-Bench-video-image")
+
+
 class SEED(LlavaJsonlBenchmark):
     """SEED-Bench v1, image questions only. Questions whose image is a video frame (``SEED-Bench-video-image/``)
     are skipped when reading the question file, so they are never run. Score inputs: ``--annotation-file
-    SEED-Bench.json``."""
+    SEED-Bench.json``.
+
+    As in upstream's ``convert_seed_for_submission.py``, the denominator is every image question of
+    SEED-Bench.json: one without an answer counts as wrong (and is counted in ``num_missing``). Answers to
+    video questions (upstream runs them) are left out of SEED-IMG and counted.
+    """
 
     name = "seed"
     title = "SEED-IMG"
@@ -354,10 +495,14 @@ class SEED(LlavaJsonlBenchmark):
 
     def load_questions(self, path: str) -> list[Question]:
         questions = super().load_questions(path)
-        kept = [q for q in questions if not str(q.image or "").startswith("SEED-Bench-video-image")]
+        kept = [q for q in questions if not is_seed_video_question(q)]
         if len(kept) != len(questions):
             logger.info("SEED: skipping %d video questions (SEED-IMG uses image questions only)", len(questions) - len(kept))
         return kept
+
+    def skipped_question_keys(self, question_file: str) -> set[str]:
+        questions = super().load_questions(question_file)
+        return {q.key for q in questions if is_seed_video_question(q)}
 
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.annotation_file, "--annotation-file (SEED-Bench.json)", self.name)
@@ -365,20 +510,39 @@ class SEED(LlavaJsonlBenchmark):
         if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
             raise EvalDataError(f"SEED-Bench annotation file {path}: expected a JSON object with a 'questions' list")
         type_names = {int(v): k for k, v in data.get("question_type", {}).items()}
-        by_qid = {qid_key(q["question_id"]): q for q in data["questions"]}
+        by_answer = answers_by_key(answers, inputs.answers_file)
+        known = {qid_key(q["question_id"]) for q in data["questions"]}
+        unknown = [a["question_id"] for k, a in by_answer.items() if k not in known]
+        if unknown:
+            raise EvalDataError(f"{len(unknown)} SEED answer(s) have no question in {path}, e.g. {unknown[:5]}")
         records = []
-        for a in answers:
-            q = by_qid.get(qid_key(a["question_id"]))
-            if q is None:
-                raise EvalDataError(f"SEED answer {a['question_id']!r} has no question in {path}")
+        video_answers = 0
+        for q in data["questions"]:
+            a = by_answer.get(qid_key(q["question_id"]))
             if q.get("data_type", "image") != "image":
+                video_answers += a is not None
                 continue
             qtype = q.get("question_type_id")
-            records.append({"text": a["text"], "answer": q["answer"], "question_type": type_names.get(qtype, qtype)})
-        n_image = sum(1 for q in data["questions"] if q.get("data_type", "image") == "image")
-        if len(records) != n_image:
-            logger.warning("SEED: scored %d image questions; the annotation file has %d", len(records), n_image)
-        return score_seed(records)
+            records.append(
+                {"text": None if a is None else a["text"], "answer": q["answer"], "question_type": type_names.get(qtype, qtype)}
+            )
+        answered = sum(r["text"] is not None for r in records)
+        if records and not answered:
+            # Every image question would count as wrong: that is a wrong file, not a score of 0.
+            raise EvalDataError(
+                f"SEED: none of the {len(answers)} answer(s) in {inputs.answers_file} is for an image question of "
+                f"{path}; are they SEED-Bench v1 answers?"
+            )
+        if answered < len(records):
+            logger.warning(
+                "SEED: %d of the %d image questions in %s have no answer in %s; they count as wrong, as in the "
+                "official script", len(records) - answered, len(records), path, inputs.answers_file,
+            )
+        result = score_seed(records)
+        result.details["num_video_answers_ignored"] = video_answers
+        if video_answers:
+            result.extra_lines.append(f"SEED-IMG: {video_answers} answer(s) to video questions not scored (image split only)")
+        return result
 
 
-__all__ = ["GQA", "MME", "POPE", "SEED", "TextVQA", "VQAv2", "VizWiz", "load_llava_jsonl"]
+__all__ = ["GQA", "MME", "POPE", "SEED", "TextVQA", "VQAv2", "VizWiz", "is_seed_video_question", "load_llava_jsonl"]

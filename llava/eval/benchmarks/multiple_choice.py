@@ -148,6 +148,24 @@ class MMBench(Benchmark):
             )
         return questions
 
+    def _refuse_later_rounds(self, answers: list[dict[str, Any]], answers_file: str) -> None:
+        """model_vqa_mmbench.py --all-rounds rotates the options itself and writes one answer per round under
+        the same question_id; the TSV already holds every rotation as its own row (and upstream's converter
+        would keep only the last round of each index), so such a file is not the LLaVA-1.5 protocol."""
+        later_rounds = [a for a in answers if a.get("round_id") not in (None, 0)]
+        if later_rounds:
+            raise EvalDataError(
+                f"{answers_file}: {len(later_rounds)} answer(s) have round_id > 0 (e.g. question_id "
+                f"{later_rounds[0].get('question_id')!r}), i.e. were written by model_vqa_mmbench.py --all-rounds; "
+                f"LLaVA-1.5's {self.title} protocol answers each TSV row once (round 0). Rerun without --all-rounds."
+            )
+
+    def answer_keys(
+        self, answers: list[dict[str, Any]], questions: list[Question], answers_file: str, question_file: str
+    ) -> list[str]:
+        self._refuse_later_rounds(answers, answers_file)
+        return super().answer_keys(answers, questions, answers_file, question_file)
+
     def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
         path = require(inputs.question_file, f"--question-file (the {self.title} TSV, which holds the answers)", self.name)
         rows = self._rows(path)
@@ -155,6 +173,7 @@ class MMBench(Benchmark):
             raise EvalDataError(f"{self.title} TSV {path} has a header but no rows; nothing can be scored")
         if "answer" not in rows[0] or any(is_missing_cell(r.get("answer")) for r in rows):
             raise EvalDataError(f"{path} has no answers for some rows: only dev can be scored locally (test needs the server)")
+        self._refuse_later_rounds(answers, inputs.answers_file)
         preds = answers_by_key(answers, inputs.answers_file)
         records = []
         for row in rows:
