@@ -70,19 +70,25 @@ def _mask(active: torch.Tensor, dtype) -> torch.Tensor:
     return torch.zeros(B, 1, F_len, F_len, dtype=dtype).masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
 
 
-def reference_scores(layer, rotary, h, positions, active, vis, queries_before, current_vis):
-    """Eager attention probabilities of layer `layer` from each query row to the current vision tokens."""
+def reference_scores(layer, rotary, h, positions, active, vis, queries_before, current_vis, weight="none"):
+    """Eager attention probabilities of layer `layer` from each query row to the current vision tokens
+    (with weight="l2", each key's probability times the L2 norm of its value vector in that head)."""
     attn = layer.self_attn
     B, F_len, _ = h.shape
     x = layer.input_layernorm(h)
     hd = attn.head_dim
     q = attn.q_proj(x).view(B, F_len, -1, hd).transpose(1, 2)
     k = attn.k_proj(x).view(B, F_len, -1, hd).transpose(1, 2)
+    v = attn.v_proj(x).view(B, F_len, -1, hd).transpose(1, 2)
     cos, sin = rotary(x, positions)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     logits = (q.float() @ k.float().transpose(2, 3)) * attn.scaling + _mask(active, torch.float32)
-    probs = torch.softmax(logits, -1).mean(1)  # [B, F, F]
+    probs = torch.softmax(logits, -1)  # [B, H, F, F]
+    if weight == "l2":
+        probs = probs * v.float().norm(dim=-1).unsqueeze(2)  # key j's column times ||v_j|| in each head
+    probs = probs.mean(1)  # [B, F, F]
     scores = []
     for b in range(B):
         rows = [j for j in queries_before[b]]
@@ -94,13 +100,40 @@ def reference_scores(layer, rotary, h, positions, active, vis, queries_before, c
     return scores
 
 
+def reference_positions(reduction, layer, num_layers, valid, vis, active, full_positions, group_offset):
+    """RoPE positions at ``layer`` (1-based) under the schedule's position scheme, per token of the full sequence."""
+    if reduction.position_scheme == "group":
+        text = valid & (vis < 0)
+        return torch.where(vis >= 0, group_offset + vis, (text.long().cumsum(1) - 1).clamp(min=0))
+    moved = any(p < layer for p in reduction.prune_layers) or layer >= reduction.resolved_exit(num_layers)
+    if reduction.position_scheme == "compacted" and moved:
+        return (active.long().cumsum(1) - 1).clamp(min=0)  # the active tokens numbered 0..n-1
+    return full_positions
+
+
+def reference_queries(reduction, full_labels, active, valid, vis, b):
+    """Full-sequence indices of the scoring query rows of sample ``b`` at a prune layer."""
+    F_len = active.shape[1]
+    act = active[b].nonzero().flatten().tolist()
+    if reduction.score_query == "all_text":
+        vision_cols = (vis[b] >= 0).nonzero().flatten().tolist()
+        after = vision_cols[-1] if vision_cols else F_len
+        return [j for j in act if vis[b, j] < 0 and j > after]
+    if full_labels is None:
+        return [act[-1]]
+    starts = [t for t in range(F_len) if full_labels[b, t] != IGNORE_INDEX and (t == 0 or full_labels[b, t - 1] == IGNORE_INDEX)]
+    rows = [max(a for a in act if a < t) for t in starts if any(a < t for a in act)]
+    return rows[:1] if reduction.score_query == "last_1round" else rows
+
+
 def reference_forward(model, batch, reduction, kept_per_stage):
-    """Text logits keyed by (row, position) and per-stage reference scores, given the fast path's kept indices."""
+    """Text logits keyed by (row, k) for the row's k-th text token, and per-stage reference scores, given the fast
+    path's kept indices. (Keys are ordinals, not positions: positions depend on the position scheme.)"""
     lm = model.model
     L = len(lm.layers)
     input_ids, attention_mask, images = batch["input_ids"], batch["attention_mask"], batch["images"]
     labels = batch.get("labels")
-    h, valid, vis, positions = upstream_splice(model, input_ids, attention_mask, images)
+    h, valid, vis, full_positions = upstream_splice(model, input_ids, attention_mask, images)
     N = model.config.num_vision_tokens
     full_labels = upstream_labels(input_ids, attention_mask, labels, N) if labels is not None else None
     exit_layer = reduction.resolved_exit(L)
@@ -108,7 +141,7 @@ def reference_forward(model, batch, reduction, kept_per_stage):
     current = [list(range(N)) if (vis[b] >= 0).any() else [] for b in range(B)]  # present vision indices
     stage = 0
     ref_scores = []
-    cos_sin = lm.rotary_emb(h, positions)
+    group_offset = model.config.max_position_embeddings
     for i, layer in enumerate(lm.layers, start=1):
         window = reduction.inject_layer <= i < exit_layer
         active = valid.clone()
@@ -116,30 +149,28 @@ def reference_forward(model, batch, reduction, kept_per_stage):
             for j in range(F_len):
                 if vis[b, j] >= 0:
                     active[b, j] = window and int(vis[b, j]) in current[b]
+        positions = reference_positions(reduction, i, L, valid, vis, active, full_positions, group_offset)
+        cos_sin = lm.rotary_emb(h, positions)
+        h_in = h
         out = layer(h, attention_mask=_mask(active, h.dtype), position_ids=positions, position_embeddings=cos_sin)
         h = torch.where(active.unsqueeze(-1), out, h)
         if stage < len(reduction.prune_layers) and reduction.prune_layers[stage] == i:
-            # queries: the active token just before each answer start (training) or the last prompt token
-            qs = []
-            for b in range(B):
-                act = active[b].nonzero().flatten().tolist()
-                if full_labels is None:
-                    qs.append([act[-1]])
-                    continue
-                starts = [t for t in range(F_len) if full_labels[b, t] != IGNORE_INDEX and (t == 0 or full_labels[b, t - 1] == IGNORE_INDEX)]
-                qs.append([max(a for a in act if a < t) for t in starts if any(a < t for a in act)])
+            qs = [reference_queries(reduction, full_labels, active, valid, vis, b) for b in range(B)]
             cur_cols = []
             for b in range(B):
                 cols = [j for j in range(F_len) if vis[b, j] >= 0 and int(vis[b, j]) in current[b]]
                 cur_cols.append(cols if cols else [0] * 0)
-            ref_scores.append(reference_scores(lm.layers[i], lm.rotary_emb, h, positions, active, vis, qs, cur_cols))
+            # next: layer i + 1 reads layer i's output; same: layer i's own attention on its input
+            scorer, scored = (lm.layers[i], h) if reduction.score_layer == "next" else (layer, h_in)
+            ref_scores.append(reference_scores(scorer, lm.rotary_emb, scored, positions, active, vis, qs, cur_cols,
+                                               reduction.score_weight))
             keep = kept_per_stage[stage]
             current = [[current[b][int(r)] for r in keep[b]] if current[b] else [] for b in range(B)]
             stage += 1
     logits = model.lm_head(lm.norm(h)).float()
     text = {}
     for b in range(B):
-        for j in range(F_len):
-            if valid[b, j] and vis[b, j] < 0:
-                text[(b, int(positions[b, j]))] = logits[b, j]
+        cols = [j for j in range(F_len) if valid[b, j] and vis[b, j] < 0]
+        for k, j in enumerate(cols):
+            text[(b, k)] = logits[b, j]
     return text, ref_scores

@@ -8,11 +8,19 @@ from tiny import random_batch, tiny_model
 
 from llava.model import PRESETS, ReductionConfig
 
+_T3 = {"inject_layer": 3, "prune_layers": (3, 4, 5), "keep_counts": (9, 4, 2), "exit_layer": 7}
 SCHEDULES = [
     PRESETS["off"],
-    ReductionConfig(name="t3", inject_layer=3, prune_layers=(3, 4, 5), keep_counts=(9, 4, 2), exit_layer=7),
+    ReductionConfig(name="t3", **_T3),
     ReductionConfig(name="no-exit", inject_layer=2, prune_layers=(4,), keep_counts=(3,)),
     ReductionConfig(name="exit-only", inject_layer=4, exit_layer=6),
+    # every position scheme and scoring option: each layer's cache continues from its own stage's positions
+    ReductionConfig(name="compacted", position_scheme="compacted", **_T3),
+    ReductionConfig(name="compacted-exit-only", position_scheme="compacted", inject_layer=4, exit_layer=6),
+    ReductionConfig(name="group", position_scheme="group", **_T3),
+    ReductionConfig(name="group-off", position_scheme="group"),
+    ReductionConfig(name="all-text-l2-same", score_query="all_text", score_weight="l2", score_layer="same", **_T3),
+    ReductionConfig(name="last-1round", score_query="last_1round", **_T3),
 ]
 
 
@@ -77,10 +85,11 @@ def test_full_recompute_prunes_like_prefill_without_padding(red, lengths, image_
 
     with torch.no_grad():
         vision = model.encode_images(batch["images"], len(lengths))
-        split = split_multimodal_batch(batch["input_ids"], batch["attention_mask"], vision, model.model.embed_tokens)
+        split = split_multimodal_batch(batch["input_ids"], batch["attention_mask"], vision, model.model.embed_tokens,
+                                       None, red.score_query)
         prefill = run_decoder(model.model, split, model._reduction(red), use_cache=True)
-        query = model.prompt_query(batch["input_ids"], batch["attention_mask"])
+        query, valid = model.prompt_query(batch["input_ids"], batch["attention_mask"], red)
         assert torch.equal(query, split.query_text_index)
-        full = model(**batch, reduction=red, query_text_index=query)
+        full = model(**batch, reduction=red, query_text_index=query, query_valid=valid)
     for a, b in zip(prefill.stages, full.stages):
         assert torch.equal(a.keep, b.keep)

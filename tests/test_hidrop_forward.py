@@ -14,6 +14,7 @@ from llava.model import PRESETS, ReductionConfig
 
 
 def fast_text_logits(model, out):
+    """Text logits keyed by (row, k) for the row's k-th text token (the reference's keys)."""
     st = out.decoder.state
     S = st.valid.shape[1]
     cols = torch.arange(S).unsqueeze(0)
@@ -21,31 +22,37 @@ def fast_text_logits(model, out):
     is_vis = (rel >= 0) & (rel < st.num_vision)
     res = {}
     for b in range(st.valid.shape[0]):
-        for j in range(S):
-            if st.valid[b, j] and not is_vis[b, j]:
-                res[(b, int(st.positions[b, j]))] = out.logits[b, j]
+        text = [j for j in range(S) if st.valid[b, j] and not is_vis[b, j]]
+        for k, j in enumerate(text):
+            res[(b, k)] = out.logits[b, j]
     return res
 
 
-def random_schedule(rng: random.Random, L: int, N: int, topk: str) -> ReductionConfig:
+OPTIONS = {"score_query": ("last_nround", "last_1round", "all_text"), "score_weight": ("none", "l2"),
+           "score_layer": ("next", "same"), "position_scheme": ("persistent", "compacted", "group")}
+
+
+def random_schedule(rng: random.Random, L: int, N: int, topk: str, options: bool = False) -> ReductionConfig:
     inject = rng.randint(1, L - 2)
     exit_layer = rng.choice([rng.randint(inject + 2, L + 1), L + 1])
     candidates = list(range(inject, min(exit_layer - 1, L - 1) + 1))
     n_stages = rng.randint(0, min(3, len(candidates)))
     prune = sorted(rng.sample(candidates, n_stages))
     counts = sorted((rng.randint(0, N) for _ in prune), reverse=True)
+    extra = {name: rng.choice(values) for name, values in OPTIONS.items()} if options else {}
     return ReductionConfig(name="rand", inject_layer=inject, prune_layers=tuple(prune), keep_counts=tuple(counts),
-                           exit_layer=exit_layer if exit_layer <= L else -1, topk=topk)
+                           exit_layer=exit_layer if exit_layer <= L else -1, topk=topk, **extra)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_fast_path_matches_reference(seed):
+    """Seeds 0-11: HiDrop's defaults; 12-23: random scoring strategies and position schemes too."""
     rng = random.Random(seed)
     L = rng.randint(4, 7)
     attn = rng.choice(["sdpa", "eager"])
     model = tiny_model(seed=seed, num_layers=L, kv_heads=rng.choice([1, 2, 4]), attn=attn)
     N = model.config.num_vision_tokens
-    red = random_schedule(rng, L, N, rng.choice(["hard", "diff"]))
+    red = random_schedule(rng, L, N, rng.choice(["hard", "diff"]), options=seed >= 12)
     B = rng.randint(1, 4)
     lengths = [rng.randint(6, 18) for _ in range(B)]
     image_at = [rng.choice([None, rng.randint(1, n - 3)]) for n in lengths]
@@ -72,6 +79,31 @@ def test_fast_path_matches_reference(seed):
                 worst_kept = min(float(sc[i]) for i in kept)
                 best_dropped = max(float(sc[i]) for i in range(sc.numel()) if i not in kept)
                 assert worst_kept >= best_dropped - 1e-6
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, values in OPTIONS.items() for v in values])
+@pytest.mark.parametrize("left_pad", [False, True])
+@pytest.mark.parametrize("labels", [True, False], ids=["train", "infer"])
+def test_each_scoring_and_position_option_matches_reference(field, value, left_pad, labels):
+    model = tiny_model(seed=21, num_layers=6, kv_heads=2)
+    red = ReductionConfig(name="opt", inject_layer=2, prune_layers=(2, 4), keep_counts=(9, 3), exit_layer=6,
+                          topk="diff", **{field: value})
+    batch = random_batch(model, [20, 14, 17], [4, None, 2], left_pad=left_pad, with_labels=labels, seed=21)
+    with torch.no_grad():
+        out = model(**batch, reduction=red)
+        keeps = [st.keep for st in out.stages]
+        ref, ref_scores = reference_forward(model, batch, red, keeps)
+    fast = fast_text_logits(model, out)
+    assert set(fast) == set(ref)
+    for key in ref:
+        torch.testing.assert_close(fast[key], ref[key], atol=2e-5, rtol=1e-4)
+    for s, k in enumerate(red.keep_counts):
+        for b in (0, 2):  # the rows with an image: the kept tokens are the reference scores' top k
+            sc = ref_scores[s][b]
+            kept = set(keeps[s][b].tolist())
+            worst_kept = min(float(sc[i]) for i in kept)
+            best_dropped = max(float(sc[i]) for i in range(sc.numel()) if i not in kept)
+            assert worst_kept >= best_dropped - 1e-6
 
 
 def vanilla_logits(model, batch):

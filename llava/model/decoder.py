@@ -1,9 +1,15 @@
 """The one decoder loop. Every token-reduction method is a `ReductionConfig` schedule plugged into it.
 
 Per layer i (1-based): inject vision before layer ``inject_layer``, drop all vision before ``exit_layer``, run the
-layer on the current token set, and after a prune layer score the vision tokens with layer i + 1's projections and
-keep exactly k of them. The moves are batched gathers (`token_state`), the scores come from a small separate
-computation (`reduction.scoring`), so the main attention kernel (sdpa, eager or flash) is untouched.
+layer on the current token set, and after a prune layer score the vision tokens (with layer i + 1's projections on
+layer i's output, or layer i's own on its input) and keep exactly k of them. The moves are batched gathers
+(`token_state`), the scores come from a small separate computation (`reduction.scoring`), so the main attention
+kernel (sdpa, eager or flash) is untouched.
+
+Positions (``position_scheme``): ``persistent`` keeps the full-sequence positions throughout; ``compacted``
+renumbers the valid tokens 0..n-1 after every prune and at exit (PDrop); ``group`` numbers text tokens 0.. in
+order (generated tokens continue the count) and vision token j ``max_position_embeddings + j``, never updated:
+two disjoint ranges that generation within the context length cannot make collide.
 
 ZeRO-3: every call runs every layer, the scorer at every prune layer and the threshold module (if learned), in the
 same order, whatever the data.
@@ -11,6 +17,7 @@ same order, whatever the data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +29,9 @@ from llava.model.multimodal_inputs import MultimodalBatch
 from llava.model.reduction.config import ReductionConfig
 from llava.model.reduction.scoring import score_vision_tokens
 from llava.model.reduction.topk import select_tokens
-from llava.model.token_state import TokenState, exit_vision, inject_vision, keep_vision, text_state
+from llava.model.token_state import TokenState, exit_vision, inject_vision, keep_vision, renumber, text_state
+
+Observer = Callable[[int, nn.Module, TokenState, torch.Tensor], None]
 
 
 @dataclass
@@ -39,7 +48,8 @@ class GenerationState:
 
     cache: DynamicCache
     key_valid: list[torch.Tensor]  # per layer [B, K_l] bool; layers hold different token sets
-    next_position: torch.Tensor  # [B] persistent position of the next token (full-sequence count)
+    next_position: list[torch.Tensor]  # per layer [B]: the position the next token takes at that layer (layers of
+    # one stage share one tensor; with compacted positions each stage counts its own tokens)
 
 
 @dataclass
@@ -72,13 +82,32 @@ def _layer_inputs(lm: nn.Module, state: TokenState, impl: str) -> tuple[torch.Te
     return mask, lm.rotary_emb(state.hidden, position_ids=state.positions)
 
 
+def group_vision_offset(lm: nn.Module) -> int:
+    """First RoPE position of the vision range of ``group`` positions: past every text position of the context."""
+    return int(lm.config.max_position_embeddings)
+
+
+def _initial_state(lm: nn.Module, batch: MultimodalBatch, scheme: str) -> tuple[TokenState, torch.Tensor | None, torch.Tensor]:
+    """(text-only state, vision positions for injection or None for persistent ones, the next token's position)."""
+    state = text_state(batch)
+    if scheme != "group":
+        return state, None, batch.full_lengths().to(torch.long)
+    state.positions = (batch.text_valid.long().cumsum(1) - 1).clamp(min=0)  # [B, T] text counted without the image
+    B, N = batch.vision_embeds.shape[:2]
+    vision = group_vision_offset(lm) + torch.arange(N, device=batch.text_valid.device).unsqueeze(0).expand(B, -1)
+    return state, vision, batch.text_lengths().to(torch.long)
+
+
 def run_decoder(
     lm: nn.Module,  # a LlamaModel: embed_tokens, layers, norm, rotary_emb
     batch: MultimodalBatch,
     reduction: ReductionConfig,
     thresholds: StageThresholds | None = None,
     use_cache: bool = False,
+    observe: Observer | None = None,
 ) -> DecoderOutput:
+    """Runs every layer on the schedule's token sets. ``observe(i, layer, state, layer_input)`` is called after each
+    layer i (1-based, before any pruning after it) for analysis tools; it must not modify the state."""
     layers = lm.layers
     L = len(layers)
     impl = lm.config._attn_implementation
@@ -86,22 +115,28 @@ def run_decoder(
     prune_at = {layer: s for s, layer in enumerate(reduction.prune_layers)}
     a = thresholds() if thresholds is not None else None
 
-    state = text_state(batch)
+    compacted = reduction.position_scheme == "compacted"
+    state, vision_positions, next_position = _initial_state(lm, batch, reduction.position_scheme)
     cache = DynamicCache(config=lm.config) if use_cache else None
     key_valid: list[torch.Tensor] = []
+    next_positions: list[torch.Tensor] = []
     stages: list[StageRecord] = []
     budget_terms: list[torch.Tensor] = []
     mask = pos_emb = None
     for i, layer in enumerate(layers, start=1):
         changed = mask is None
         if i == reduction.inject_layer:
-            state, changed = inject_vision(state, batch), True
+            state, changed = inject_vision(state, batch, vision_positions), True
         if i == exit_layer:
             state, changed = exit_vision(state), True
+            if compacted:
+                state, next_position = renumber(state), state.valid.sum(1)
         if changed:  # masks and RoPE tables change only at stage boundaries
             mask, pos_emb = _layer_inputs(lm, state, impl)
         if use_cache:
             key_valid.append(state.valid)
+            next_positions.append(next_position)
+        layer_input = state.hidden
         state.hidden = layer(
             state.hidden,
             attention_mask=mask,
@@ -110,13 +145,18 @@ def run_decoder(
             use_cache=use_cache,
             position_embeddings=pos_emb,
         )
+        if observe is not None:
+            observe(i, layer, state, layer_input)
         if i in prune_at:
             s = prune_at[i]
             k = reduction.keep_counts[s]
             candidates = state.num_vision
             grad_ctx = torch.enable_grad() if reduction.topk == "diff" and torch.is_grad_enabled() else torch.no_grad()
             with grad_ctx:
-                scores = score_vision_tokens(layers[i], lm.rotary_emb, state, batch.query_text_index, batch.query_valid)
+                # "next": layer i + 1 on layer i's output; "same": layer i on its own input (same token set).
+                scorer, scored = (layers[i], None) if reduction.score_layer == "next" else (layer, layer_input)
+                scores = score_vision_tokens(scorer, lm.rotary_emb, state, batch.query_text_index, batch.query_valid,
+                                             scored, reduction.score_weight)
                 sel = select_tokens(
                     scores, k, reduction.topk, None if a is None else a[s], reduction.score_temperature
                 )
@@ -129,30 +169,31 @@ def run_decoder(
                     budget_terms.append((frac - k / candidates) ** 2)
             stages.append(StageRecord(layer=i, candidates=candidates, keep=sel.keep, soft_keep=soft_keep))
             state = keep_vision(state, sel.keep, sel.scale)
+            if compacted:
+                state, next_position = renumber(state), state.valid.sum(1)
             mask = None  # rebuilt before the next layer
     state.hidden = lm.norm(state.hidden)
     budget = torch.stack(budget_terms).sum() * reduction.budget_weight if budget_terms else None
     gen = None
     if use_cache:
-        next_position = (batch.full_lengths()).to(torch.long)
-        gen = GenerationState(cache=cache, key_valid=key_valid, next_position=next_position)
+        gen = GenerationState(cache=cache, key_valid=key_valid, next_position=next_positions)
     return DecoderOutput(hidden=state.hidden, state=state, stages=stages, budget_loss=budget, generation=gen)
 
 
 def decode_step(lm: nn.Module, embeds: torch.Tensor, gen: GenerationState) -> torch.Tensor:
     """One cached step for new tokens ``embeds`` [B, 1, D]; each layer attends to its own cache.
 
-    Positions come from the full-sequence count kept in ``gen`` (never from a cache length: layer 0's cache holds
+    Positions come from the per-layer counts kept in ``gen`` (never from a cache length: layer 0's cache holds
     text only). Returns final-norm hidden states [B, 1, D] and advances ``gen`` in place.
     """
     impl = lm.config._attn_implementation
     B = embeds.shape[0]
-    positions = gen.next_position.unsqueeze(1)  # [B, 1]
-    pos_emb = lm.rotary_emb(embeds, position_ids=positions)
     new_valid = torch.ones(B, 1, dtype=torch.bool, device=embeds.device)
     h = embeds
-    # Layers of one stage share a key-validity tensor; extend and mask each distinct one once (no host sync).
+    # Layers of one stage share their key-validity and position tensors; extend each distinct one once, and
+    # build its mask and RoPE table once (no host sync).
     extended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    stepped: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
     for li, layer in enumerate(lm.layers):
         src = gen.key_valid[li]
         if id(src) not in extended:
@@ -160,6 +201,12 @@ def decode_step(lm: nn.Module, embeds: torch.Tensor, gen: GenerationState) -> to
             extended[id(src)] = (src, kv, build_attention_mask(kv, 1, impl, h.dtype))
         _, kv, mask = extended[id(src)]
         gen.key_valid[li] = kv
-        h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=gen.cache, use_cache=True, position_embeddings=pos_emb)
-    gen.next_position = gen.next_position + 1
+        pos = gen.next_position[li]
+        if id(pos) not in stepped:
+            positions = pos.unsqueeze(1)  # [B, 1]
+            stepped[id(pos)] = (pos, pos + 1, lm.rotary_emb(embeds, position_ids=positions))
+        _, advanced, pos_emb = stepped[id(pos)]
+        gen.next_position[li] = advanced
+        h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(1), past_key_values=gen.cache, use_cache=True,
+                  position_embeddings=pos_emb)
     return lm.norm(h)

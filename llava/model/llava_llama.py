@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llava.constants import IGNORE_INDEX
 from llava.model.decoder import (
     DecoderOutput,
+    Observer,
     StageRecord,
     StageThresholds,
     decode_step,
@@ -164,6 +165,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         has_image: torch.Tensor | None = None,  # accepted from the collator; the <image> placeholder decides
         reduction: ReductionConfig | None = None,
         query_text_index: torch.Tensor | None = None,
+        query_valid: torch.Tensor | None = None,
+        observe: Observer | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -182,11 +185,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         vision = self.encode_images(images, input_ids.shape[0])
-        batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels)
-        if query_text_index is not None:  # fixed scoring query (full-recompute generation)
+        batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
+                                       red.score_query)
+        if query_text_index is not None:  # fixed scoring queries (full-recompute generation)
             batch.query_text_index = query_text_index
-            batch.query_valid = torch.ones_like(query_text_index, dtype=torch.bool)
-        out = run_decoder(self.model, batch, red, self.reduction_thresholds)
+            batch.query_valid = (torch.ones_like(query_text_index, dtype=torch.bool) if query_valid is None
+                                 else query_valid)
+        out = run_decoder(self.model, batch, red, self.reduction_thresholds, observe=observe)
         logits = self.lm_head(out.hidden).float()  # [B, S, V]
         loss = None
         if labels is not None:
@@ -240,14 +245,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         new_tokens = []
         if use_cache:
             vision = self.encode_images(images, B)
-            batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, None)
+            batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, None,
+                                           red.score_query)
             out = run_decoder(self.model, batch, red, None, use_cache=True)
             gen = out.generation
             last = _last_valid(out.state.valid)  # [B]
             logits = self.lm_head(out.hidden[torch.arange(B), last]).float()  # [B, V]
         else:
             ids, mask = input_ids, attention_mask
-            query = self.prompt_query(input_ids, attention_mask)
+            query = self.prompt_query(input_ids, attention_mask, red)
             logits = self._last_logits(ids, mask, images, red, query)
         for _ in range(max_new_tokens):
             nxt = _next_token(logits, do_sample, temperature, top_p, generator)  # [B]
@@ -268,15 +274,20 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             return torch.zeros(B, 0, dtype=torch.long, device=input_ids.device)
         return torch.stack(new_tokens, 1)
 
-    def prompt_query(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, 1] the scoring query of the prompt (its last token), as a text-stream index that stays valid when
-        generated tokens are appended on the right; full recompute pins it so that it prunes as prefill did."""
+    def prompt_query(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, reduction: ReductionConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, Q] text-stream indices, [B, Q] validity) of the prompt's scoring queries. The indices stay valid when
+        generated tokens are appended on the right, so full recompute pins them and prunes as prefill did."""
+        red = self._reduction(reduction)
         B = input_ids.shape[0]
         layout_only = torch.zeros(B, 1, self.config.hidden_size, device=input_ids.device, dtype=self.dtype)
-        return split_multimodal_batch(input_ids, attention_mask, layout_only, self.model.embed_tokens).query_text_index
+        batch = split_multimodal_batch(input_ids, attention_mask, layout_only, self.model.embed_tokens, None,
+                                       red.score_query)
+        return batch.query_text_index, batch.query_valid
 
     def _last_logits(self, ids, mask, images, red, query) -> torch.Tensor:
-        out = self.forward(ids, mask, images=images, reduction=red, query_text_index=query)
+        out = self.forward(ids, mask, images=images, reduction=red, query_text_index=query[0], query_valid=query[1])
         last = _last_valid(out.token_valid)
         return out.logits[torch.arange(ids.shape[0]), last]
 

@@ -52,11 +52,14 @@ def split_multimodal_batch(
     vision_embeds: torch.Tensor,  # [B, N_v, D]
     embed_tokens: torch.nn.Module,
     labels: torch.Tensor | None = None,  # [B, T]
+    score_query: str = "last_nround",
 ) -> MultimodalBatch:
     """Builds the text stream, persistent positions and scoring queries without a per-sample Python loop.
 
-    Scoring queries: in training (labels given) the query is the token just before the first token of every answer
-    span (the paper's "multi-round last token"); at inference it is the last prompt token. We store the index of the
+    Scoring queries (``score_query``): ``last_nround`` (default): in training (labels given) the token just before
+    the first token of every answer span (the paper's "multi-round last token"), at inference the last prompt
+    token. ``last_1round``: only the first answer span's in training, the last prompt token at inference.
+    ``all_text``: every text token after the image. We store the index of the
     text token that *follows* the query (the answer start, or one past the last prompt token) because the query
     itself may be a vision token (the `plain` template puts the caption right after the image) and vision tokens
     move as they are pruned; the decoder resolves "the token before it" in the current layout at each stage.
@@ -101,7 +104,7 @@ def split_multimodal_batch(
     text_positions = (text_valid.long().cumsum(1) - 1).clamp(min=0) + after_image.long() * N_v
     vision_position_start = (text_valid & (cols < vision_insert.unsqueeze(1))).sum(1)  # [B]
 
-    query_text_index, query_valid = _scoring_queries(text_valid, text_labels, has_image, vision_insert)
+    query_text_index, query_valid = _scoring_queries(text_valid, text_labels, has_image, vision_insert, score_query)
     return MultimodalBatch(
         text_embeds=text_embeds,
         text_valid=text_valid,
@@ -122,10 +125,15 @@ def _scoring_queries(
     text_labels: torch.Tensor | None,  # [B, T]
     has_image: torch.Tensor,  # [B]
     vision_insert: torch.Tensor,  # [B]
+    score_query: str = "last_nround",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, T = text_valid.shape
     device = text_valid.device
     cols = torch.arange(T, device=device).unsqueeze(0)
+    if score_query == "all_text":
+        # Every text token after the image is a query; store the index after each (see above).
+        after = text_valid & has_image.unsqueeze(1) & (cols >= vision_insert.unsqueeze(1))  # [B, T]
+        return _first_true_columns(after, 1)
     if text_labels is None:
         # Inference: the query is the last prompt token, i.e. the token before "one past the last text token".
         last = torch.where(text_valid.any(1), (text_valid.long() * (cols + 1)).argmax(1), torch.zeros(B, device=device, dtype=torch.long))
@@ -136,9 +144,15 @@ def _scoring_queries(
     # The full-sequence predecessor of the first text token after the image is a vision token (label ignored).
     prev_ignored |= has_image.unsqueeze(1) & (cols == vision_insert.unsqueeze(1))
     is_start = supervised & prev_ignored  # [B, T]
-    counts = is_start.sum(1)
-    Q = max(int(counts.max()), 1) if B > 0 else 1  # one sync per forward: the number of answer spans
-    order = torch.sort(is_start.to(torch.int8), dim=1, descending=True, stable=True)
-    idx = order.indices[:, :Q]  # [B, Q] answer starts in ascending order, then filler
-    valid = order.values[:, :Q].bool()
+    idx, valid = _first_true_columns(is_start, 0)
+    if score_query == "last_1round":
+        idx, valid = idx[:, :1], valid[:, :1]
     return idx, valid
+
+
+def _first_true_columns(flags: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] bool -> ([B, Q] column + offset of each True in ascending order, then filler; [B, Q] validity)."""
+    B = flags.shape[0]
+    Q = max(int(flags.sum(1).max()), 1) if B > 0 else 1  # one sync per forward: the number of queries
+    order = torch.sort(flags.to(torch.int8), dim=1, descending=True, stable=True)
+    return order.indices[:, :Q] + offset, order.values[:, :Q].bool()

@@ -61,15 +61,18 @@ def _span_index(vision_start: torch.Tensor, new_len: int, span: int, shift: int,
     return torch.where(rel < 0, j, torch.where(in_span, from_span, j + shift))
 
 
-def inject_vision(state: TokenState, batch: MultimodalBatch) -> TokenState:
-    """Inserts the projector's features at their persistent positions (not run through the shallow layers)."""
+def inject_vision(state: TokenState, batch: MultimodalBatch, vision_positions: torch.Tensor | None = None) -> TokenState:
+    """Inserts the projector's features (not run through the shallow layers) at ``vision_positions`` [B, N],
+    by default their persistent positions in the full sequence."""
     B, T, _ = state.hidden.shape
     N = batch.num_vision
     device = state.hidden.device
     vis_src = T + torch.arange(N, device=device).unsqueeze(0).expand(B, -1)  # [B, N] into cat([text, vision])
     index = _span_index(state.vision_start, T + N, N, -N, vis_src)  # [B, T + N]
     hidden = _gather(torch.cat([state.hidden, batch.vision_embeds.to(state.hidden.dtype)], 1), index)
-    vis_pos = batch.vision_position_start.unsqueeze(1) + torch.arange(N, device=device).unsqueeze(0)  # [B, N]
+    vis_pos = vision_positions
+    if vis_pos is None:
+        vis_pos = batch.vision_position_start.unsqueeze(1) + torch.arange(N, device=device).unsqueeze(0)  # [B, N]
     positions = _gather(torch.cat([state.positions, vis_pos], 1), index)
     vis_valid = batch.has_image.unsqueeze(1).expand(-1, N)
     valid = _gather(torch.cat([state.valid, vis_valid], 1), index)
@@ -112,3 +115,9 @@ def exit_vision(state: TokenState) -> TokenState:
     """Removes every remaining vision slot; the text keeps its persistent positions."""
     empty = torch.zeros(state.hidden.shape[0], 0, dtype=torch.long, device=state.hidden.device)
     return keep_vision(state, empty)
+
+
+def renumber(state: TokenState) -> TokenState:
+    """Compacted positions: the valid tokens of the current set numbered 0..n-1 in order (PDrop's reset)."""
+    positions = (state.valid.long().cumsum(1) - 1).clamp(min=0)  # [B, S]
+    return replace(state, positions=positions)

@@ -14,6 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 TopKMode = Literal["hard", "diff"]
+ScoreQuery = Literal["last_nround", "last_1round", "all_text"]
+ScoreWeight = Literal["none", "l2"]
+ScoreLayer = Literal["next", "same"]
+PositionScheme = Literal["persistent", "compacted", "group"]
+
+# The allowed values of every string field, checked when a config is built.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "topk": ("hard", "diff"),
+    "score_query": ("last_nround", "last_1round", "all_text"),
+    "score_weight": ("none", "l2"),
+    "score_layer": ("next", "same"),
+    "position_scheme": ("persistent", "compacted", "group"),
+}
 
 # Sentinel for "the last layer + 1" so presets can be written without knowing the depth.
 NO_EXIT = -1
@@ -39,6 +52,12 @@ class ReductionConfig:
     learn_threshold: bool = False  # learn DTop-K's `a` per stage (see docs/HiDrop.md, "Learned thresholds")
     budget_weight: float = 1.0  # weight of the budget term when learn_threshold is on
     score_temperature: float = 1.0  # tau multiplier of the soft rank used only in the backward of topk="diff"
+    # Token scoring (paper, Tables 4 and 9; docs/HiDrop.md "Scoring"):
+    score_query: ScoreQuery = "last_nround"  # query rows: the token before every answer span / the first / all text
+    score_weight: ScoreWeight = "none"  # "l2": each key's attention times the L2 norm of its value vector, per head
+    score_layer: ScoreLayer = "next"  # "next": layer l + 1's projections (HiDrop); "same": layer l's own (FastV, PDrop)
+    # RoPE positions across inject / prune / exit (paper, Tables 5 and 10; docs/HiDrop.md "Positions"):
+    position_scheme: PositionScheme = "persistent"
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -52,8 +71,9 @@ class ReductionConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ReductionConfigError(f"{f.name} must be a finite number, got {value!r}")
             object.__setattr__(self, f.name, float(value))
-        if self.topk not in ("hard", "diff"):
-            raise ReductionConfigError(f"topk must be 'hard' or 'diff', got {self.topk!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ReductionConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if len(self.prune_layers) != len(self.keep_counts):
             raise ReductionConfigError(
                 f"prune_layers has {len(self.prune_layers)} entries but keep_counts has {len(self.keep_counts)}; "
@@ -113,8 +133,9 @@ class ReductionConfig:
 
     @property
     def is_off(self) -> bool:
-        """True when the schedule is plain LLaVA (vision everywhere, nothing pruned)."""
-        return self.inject_layer == 1 and not self.prune_layers and self.exit_layer == NO_EXIT
+        """True when the schedule is plain LLaVA (vision everywhere, nothing pruned, upstream's positions)."""
+        return (self.inject_layer == 1 and not self.prune_layers and self.exit_layer == NO_EXIT
+                and self.position_scheme != "group")
 
     # ------------------------------------------------------------------ accounting
     def counts_per_layer(
@@ -183,6 +204,7 @@ class ReductionConfig:
         return (
             f"reduction '{self.name}': inject={self.inject_layer} prune={list(self.prune_layers)} "
             f"keep={list(self.keep_counts)} exit={self.resolved_exit(num_layers)} topk={self.topk} "
+            f"scoring={self.score_query}/{self.score_weight}/{self.score_layer} positions={self.position_scheme} "
             f"-> average vision tokens {avg:.2f} of {num_vision_tokens} over {num_layers} layers"
         )
 
@@ -221,6 +243,10 @@ def parse_overrides(items: list[str] | str) -> dict[str, Any]:
                 out[key] = int(raw)
             elif key in ("budget_weight", "score_temperature"):
                 out[key] = float(raw)
+            elif key in CHOICES:
+                if raw not in CHOICES[key]:
+                    raise ValueError(f"expected one of {list(CHOICES[key])}")
+                out[key] = raw
             elif key == "learn_threshold":
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(raw)

@@ -1,9 +1,18 @@
 """FlashAttention-compatible vision-token scores.
 
 The main attention kernel never returns probabilities, so the scores come from a separate small computation that
-reuses the *next* layer's input norm and q / k projections: queries are only the scoring rows (a handful per
-sample), keys are every current token, RoPE uses the persistent positions, and the softmax runs in fp32 over each
+reuses a layer's input norm and q / k (and, with L2 weighting, v) projections: queries are only the scoring rows,
+keys are every current token, RoPE uses the token state's positions, and the softmax runs in fp32 over each
 query's causal, valid keys. Probabilities are averaged over heads and query rows and sliced to the vision span.
+
+Which layer: HiDrop scores the cut after layer l with layer l + 1's projections on layer l's output (the
+attention the pruned set is about to receive, ``score_layer="next"``); FastV and PDrop score with layer l's own
+attention on its input (``"same"``). The caller passes the layer and the hidden states accordingly.
+
+L2 weighting (``weight="l2"``): each key's probability is multiplied by the L2 norm of its value vector in the
+same head before the head mean, so a key counts by what it would contribute to the attention output (the
+norm-based reading of attention, ||alpha * v||), not by its probability alone. The paper says only "L2-norm
+weighting"; docs/HiDrop.md explains this reading.
 """
 
 from __future__ import annotations
@@ -20,16 +29,45 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotate_half(x) * sin
 
 
+def head_attention_to_vision(
+    layer: torch.nn.Module,
+    rotary_emb: torch.nn.Module,
+    state: TokenState,
+    query_next_text_index: torch.Tensor,  # [B, Q]
+    query_valid: torch.Tensor,  # [B, Q] bool
+    hidden: torch.Tensor | None = None,  # [B, S, D] the layer's input; default state.hidden
+    weight: str = "none",
+) -> torch.Tensor:
+    """[B, H, N_vis]: the attention each current vision token receives in each head, averaged over the valid query
+    rows (0 for rows without one). The analysis tools read the per-head vectors; pruning averages the heads."""
+    return _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
+
+
 def score_vision_tokens(
-    next_layer: torch.nn.Module,  # the LlamaDecoderLayer that will run on the pruned set
+    layer: torch.nn.Module,  # the LlamaDecoderLayer whose projections score (see the module doc)
     rotary_emb: torch.nn.Module,
     state: TokenState,
     query_next_text_index: torch.Tensor,  # [B, Q] text index of the token after each query
     query_valid: torch.Tensor,  # [B, Q] bool
+    hidden: torch.Tensor | None = None,  # [B, S, D] the layer's input; default state.hidden
+    weight: str = "none",
 ) -> torch.Tensor:
     """Returns [B, N_vis] scores for the current vision span (0 for rows without a valid query)."""
-    attn = next_layer.self_attn
-    h = state.hidden  # [B, S, D]
+    heads = _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
+    return heads.mean(dim=1)  # [B, N] mean over heads
+
+
+def _query_attention(
+    layer: torch.nn.Module,
+    rotary_emb: torch.nn.Module,
+    state: TokenState,
+    query_next_text_index: torch.Tensor,
+    query_valid: torch.Tensor,
+    hidden: torch.Tensor | None,
+    weight: str,
+) -> torch.Tensor:  # [B, H, N_vis]
+    attn = layer.self_attn
+    h = state.hidden if hidden is None else hidden  # [B, S, D]
     B, S, _ = h.shape
     N = state.num_vision
     hd = attn.head_dim
@@ -41,7 +79,7 @@ def score_vision_tokens(
     q_idx = q_idx.clamp(0, S - 1)
     q_ok = q_ok & torch.gather(state.valid, 1, q_idx)
 
-    x = next_layer.input_layernorm(h)  # [B, S, D]
+    x = layer.input_layernorm(h)  # [B, S, D]
     xq = torch.gather(x, 1, q_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # [B, Q, D]
     Q = xq.shape[1]
     q = attn.q_proj(xq).view(B, Q, n_heads, hd).transpose(1, 2)  # [B, H, Q, hd]
@@ -57,9 +95,14 @@ def score_vision_tokens(
     allowed = state.valid.unsqueeze(1) & (k_pos <= q_idx.unsqueeze(-1))  # [B, Q, S]
     allowed = allowed | ~allowed.any(-1, keepdim=True)  # keep softmax finite for padding rows (zeroed below)
     logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    probs = torch.softmax(logits, dim=-1).mean(dim=1)  # [B, Q, S] fp32, mean over heads
-
+    probs = torch.softmax(logits, dim=-1)  # [B, H, Q, S] fp32
+    if weight == "l2":
+        v_norm = attn.v_proj(x).view(B, S, n_kv, hd).float().norm(dim=-1).transpose(1, 2)  # [B, H_kv, S]
+        if n_kv != n_heads:
+            v_norm = v_norm.repeat_interleave(n_heads // n_kv, dim=1)
+        probs = probs * v_norm.unsqueeze(2)  # [B, H, Q, S]
     vis_cols = state.vision_start.unsqueeze(1) + torch.arange(N, device=h.device).unsqueeze(0)  # [B, N]
-    vis = torch.gather(probs, 2, vis_cols.unsqueeze(1).expand(-1, Q, -1))  # [B, Q, N]
-    w = q_ok.to(vis.dtype).unsqueeze(-1)  # [B, Q, 1]
-    return (vis * w).sum(1) / w.sum(1).clamp_min(1.0)  # [B, N] mean over valid query rows
+    index = vis_cols.view(B, 1, 1, N).expand(-1, n_heads, Q, -1)
+    vis = torch.gather(probs, 3, index)  # [B, H, Q, N]
+    w = q_ok.to(vis.dtype).view(B, 1, Q, 1)
+    return (vis * w).sum(2) / w.sum(2).clamp_min(1.0)  # [B, H, N] mean over valid query rows
