@@ -101,6 +101,7 @@ def test_each_scoring_and_position_option_matches_reference(field, value, left_p
         for b in (0, 2):  # the rows with an image: the kept tokens are the reference scores' top k
             sc = ref_scores[s][b]
             kept = set(keeps[s][b].tolist())
+            assert len(kept) == k
             worst_kept = min(float(sc[i]) for i in kept)
             best_dropped = max(float(sc[i]) for i in range(sc.numel()) if i not in kept)
             assert worst_kept >= best_dropped - 1e-6
