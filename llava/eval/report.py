@@ -161,14 +161,18 @@ def rows_from_results(results_dir: str) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------------- averages
-def relative_average(scores: dict[str, float], baseline: dict[str, float]) -> tuple[float | None, int]:
-    """Mean of 100 * score / baseline over the benchmarks both have (MME-P as raw points); None if none."""
-    ratios = [100.0 * scores[b] / baseline[b] for b in BENCHMARK_NAMES if b in scores and baseline.get(b)]
+def relative_average(
+    scores: dict[str, float], baseline: dict[str, float], benches: Sequence[str] = BENCHMARK_NAMES
+) -> tuple[float | None, int]:
+    """Mean of 100 * score / baseline over ``benches`` both have (MME-P as raw points); None if none."""
+    ratios = [100.0 * scores[b] / baseline[b] for b in benches if b in scores and baseline.get(b)]
     return (sum(ratios) / len(ratios), len(ratios)) if ratios else (None, 0)
 
 
-def compute_averages(rows: Sequence[Row], default_baseline: str | None) -> None:
-    """Fills ``avg``/``avg_count`` of each row from its baseline row (its own ``baseline`` or the default)."""
+def compute_averages(rows: Sequence[Row], default_baseline: str | None,
+                     benches: Sequence[str] = BENCHMARK_NAMES) -> None:
+    """Fills ``avg``/``avg_count`` of each row from its baseline row (its own ``baseline`` or the default), over
+    ``benches`` (the table's columns)."""
     by_label: dict[str, Row] = {}
     for r in rows:
         by_label.setdefault(r.label, r)
@@ -180,7 +184,7 @@ def compute_averages(rows: Sequence[Row], default_baseline: str | None) -> None:
         if base is None:
             logger.warning("row %s: baseline %r not found; no Avg(%%)", r.label, name)
             continue
-        r.avg, r.avg_count = relative_average(r.scores, base.scores)
+        r.avg, r.avg_count = relative_average(r.scores, base.scores, benches)
 
 
 # --------------------------------------------------------------------------------------------------- output
@@ -304,10 +308,10 @@ def write_chart(path: str, rows: Sequence[Row], title: str) -> bool:
 
 def build_report(rows: list[Row], baseline: str | None, output_dir: str, name: str, benches: Sequence[str] | None = None) -> dict[str, str]:
     """Computes averages and writes the Markdown, CSV and PNG; returns the written paths by kind."""
-    compute_averages(rows, baseline)
     if benches is None:
         present = {b for r in rows for b in r.scores}
         benches = [b for b in BENCHMARK_NAMES if b in present]
+    compute_averages(rows, baseline, benches)
     os.makedirs(output_dir, exist_ok=True)
     paths = {"md": os.path.join(output_dir, f"{name}.md"), "csv": os.path.join(output_dir, f"{name}.csv")}
     with open(paths["md"], "w", encoding="utf-8") as f:
@@ -352,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="label of the row Avg(%%) is relative to (rows may name their own)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--name", default="table1", help="file stem of the outputs")
+    p.add_argument("--benches", default=None,
+                   help="comma-separated benchmark columns, in order (default: every benchmark present); the "
+                        "ablation tables use mme,mmbench,gqa,vqav2,vizwiz,textvqa,mmstar")
     return p
 
 
@@ -364,7 +371,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = order_rows(load_rows(args.results_dir, args.table, args.paper_table), args.baseline)
     if not rows:
         raise EvalDataError("no results found")
-    paths = build_report(rows, args.baseline, args.output_dir, args.name)
+    benches = None
+    if args.benches:
+        benches = [b.strip() for b in args.benches.split(",") if b.strip()]
+        unknown = [b for b in benches if b not in BENCHMARK_NAMES]
+        if unknown:
+            parser.error(f"--benches: unknown benchmark(s) {unknown}; known: {list(BENCHMARK_NAMES)}")
+    paths = build_report(rows, args.baseline, args.output_dir, args.name, benches)
     for kind, path in paths.items():
         logger.info("wrote %s: %s", kind, path)
 
