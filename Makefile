@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench reproduce clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: install
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+reproduce: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/reproduce.sh
 
 lint: install
 	$(BIN)/ruff check .
