@@ -322,6 +322,7 @@ def test_a_second_run_on_the_same_answers_file_fails_at_once(gqa_data, tmp_path)
             return real(*a, **k)
 
         backend.generate = generate
+        backend.generate_with_stats = lambda *a, **k: (generate(*a, **k), None)
         return backend, model
 
     assert run_benchmark.run(args, load=load) == NUM_QUESTIONS

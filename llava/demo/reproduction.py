@@ -225,9 +225,10 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
 
 def _analysis_summary(key: str, data: dict[str, Any]) -> str:
     """One sentence from each tool's JSON (the keys each tool documents in docs/Analysis.md)."""
-    found = {k: data[k] for k in ("injection_layer_suggestion", "suggested_injection_layer", "reaches_baseline",
-                                  "baseline_accuracy", "prune_layers_suggestion", "suggested_prune_layers",
-                                  "reduction_overrides", "avg_vision_tokens") if k in data}
+    found = {k: data[k] for k in ("suggested_inject_layer", "suggested_exit_layer", "baseline", "reduction_overrides",
+                                  "realised_avg_vision_tokens") if k in data}
+    if key == "early_exit":
+        found["reaches_baseline_at"] = {c.get("ratio"): c.get("reaches_baseline_at") for c in data.get("curves", [])}
     return "; ".join(f"`{k}`: {json.dumps(v)}" for k, v in found.items())
 
 

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", help=f"reduction preset: {', '.join(sorted(PRESETS))}")
     g.add_argument("--counts", help="explicit vision tokens per layer, e.g. 576x8,288x8,144x8,72x8")
     g.add_argument("--solve", action="store_true", help="find keep counts for --target-avg (see below)")
+    g.add_argument("--run-info", metavar="FILE",
+                   help="the realised figures of an evaluation run (its merge.jsonl.run.json or result JSON): "
+                        "data-dependent schedules such as mustdrop-* keep a different number of tokens per sample")
     p.add_argument("--target-avg", type=float, help="--solve: average vision tokens per layer to hit")
     p.add_argument("--inject", type=positive, default=1, help="--solve: injection layer (1 = from the start)")
     p.add_argument("--exit", type=int, default=NO_EXIT, help="--solve: exit layer (default: vision never leaves)")
@@ -137,8 +140,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def realised_report(path: str, num_vision: int | None) -> dict[str, str]:
+    """The realised per-layer vision tokens of an evaluation run, averaged over its answers (recorded by the
+    runner, averaged by ``llava.eval.merge``), with the mean per-sample vision TFLOPs."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read --run-info {path}: {e}") from None
+    info = info.get("run", info) if isinstance(info, dict) else {}
+    per_layer = info.get("realised_vision_tokens_per_layer") if isinstance(info, dict) else None
+    if not per_layer:
+        raise ValueError(f"{path} has no realised vision-token counts (evaluate with this codebase's runner; the "
+                         "merge writes them into merge.jsonl.run.json)")
+    llm = info.get("llm") or {}
+    n = num_vision or info.get("num_vision_tokens")
+    out = {
+        "schedule": str((info.get("reduction") or {}).get("name", "?")),
+        "samples": str(info.get("realised_samples", "?")),
+        "layers": str(len(per_layer)),
+        "avg_vision_tokens": f"{sum(per_layer) / len(per_layer):.2f}",
+        "vision_tokens_per_layer": ",".join(f"{x:.2f}" for x in per_layer),
+    }
+    tflops = info.get("realised_vision_tflops")
+    if tflops is not None:
+        out["vision_tflops"] = f"{tflops:.2f}"
+        out["vision_tflops_exact"] = f"{tflops:.6f}"
+        if n and llm.get("hidden") and llm.get("ffn"):
+            base = vision_tflops([int(n)] * len(per_layer), int(llm["hidden"]), int(llm["ffn"]))
+            out["vision_flops_reduction"] = f"{1 - tflops / base:.4f}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.run_info:
+        try:
+            figures = realised_report(args.run_info, args.num_vision_tokens if args.num_vision_tokens != 576 else None)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for k, v in figures.items():
+            print(f"{k}={v}")
+        return 0
     if args.llm:
         L, d, m = LLM_SHAPES[args.llm]
     else:
@@ -158,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             check_counts(counts, L, args.num_vision_tokens)
         else:
             red = resolve_reduction(args.schedule, args.override).validate_for(L, args.num_vision_tokens)
+            if red.data_dependent:
+                print(red.describe(L, args.num_vision_tokens))
+                raise ValueError(f"schedule {red.name!r} is data-dependent: give an evaluation run's realised figures "
+                                 "with --run-info <answers>/merge.jsonl.run.json")
             counts = red.counts_per_layer(L, args.num_vision_tokens)
     except (ValueError, ReductionConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

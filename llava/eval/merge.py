@@ -95,6 +95,30 @@ def merge_run_info(inputs: Sequence[str]) -> dict[str, Any] | None:
     return max(infos, key=lambda i: sum(v is not None for v in i.values()))
 
 
+def realised_efficiency(answers: Sequence[dict[str, Any]], llm: dict[str, Any] | None) -> dict[str, Any]:
+    """Averages of the vision tokens the answers' prefills actually kept (``vision_tokens`` per layer, written by
+    the runner): per layer, overall, and the mean per-sample vision TFLOPs when the LLM shape is known."""
+    per_sample = [a["vision_tokens"] for a in answers if isinstance(a.get("vision_tokens"), list)]
+    if not per_sample:
+        return {}
+    widths = {len(c) for c in per_sample}
+    if len(widths) != 1:
+        raise EvalDataError(f"answers record vision_tokens for different depths {sorted(widths)}")
+    layers = widths.pop()
+    per_layer = [sum(c[i] for c in per_sample) / len(per_sample) for i in range(layers)]
+    out: dict[str, Any] = {
+        "realised_vision_tokens_per_layer": [round(x, 4) for x in per_layer],
+        "realised_avg_vision_tokens": sum(per_layer) / layers,
+        "realised_samples": len(per_sample),
+    }
+    if llm and llm.get("hidden") and llm.get("ffn"):
+        from llava.eval.efficiency import vision_tflops
+
+        flops = [vision_tflops(c, int(llm["hidden"]), int(llm["ffn"])) for c in per_sample]
+        out["realised_vision_tflops"] = sum(flops) / len(flops)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.eval.merge", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, choices=BENCHMARK_NAMES)
@@ -124,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_jsonl(args.output, merged)
     info = merge_run_info(inputs)
     if info is not None:
+        info.update(realised_efficiency(merged, info.get("llm")))
+        if info.get("realised_avg_vision_tokens") is not None:
+            logger.info("realised average vision tokens: %.2f over %d answers", info["realised_avg_vision_tokens"],
+                        info["realised_samples"])
         write_json(f"{args.output}.run.json", info)
     else:
         logger.warning("no run-info files next to the chunks; the report will lack the efficiency columns")

@@ -101,8 +101,12 @@ def _efficiency_from_run(run: dict[str, Any] | None) -> tuple[float | None, floa
     """Average vision tokens and TFLOPs of a run; recomputed from its schedule when the runner left them out."""
     if not run:
         return None, None
-    tokens, tflops = run.get("avg_vision_tokens"), run.get("vision_tflops")
+    # Realised figures (averaged over the answers' prefills) win over the schedule's nominal ones.
+    tokens = run.get("realised_avg_vision_tokens", run.get("avg_vision_tokens"))
+    tflops = run.get("realised_vision_tflops", run.get("vision_tflops"))
     llm = run.get("llm") or {}
+    if run.get("data_dependent"):
+        return tokens, tflops
     if (tokens is None or tflops is None) and run.get("reduction") and llm.get("num_layers") and run.get("num_vision_tokens"):
         try:
             from llava.model.reduction.config import ReductionConfig

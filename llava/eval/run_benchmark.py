@@ -419,6 +419,22 @@ class LlavaBackend:
         return torch.device("cpu"), torch.float32
 
     def generate(self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int) -> list[str]:
+        return self._generate(texts, images, max_new_tokens, counts=False)[0]
+
+    def generate_with_stats(
+        self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int
+    ) -> tuple[list[str], list[list[int]] | None]:
+        """The answers and, per sample, the vision tokens each layer saw in prefill (realised, data-dependent
+        schedules keep different counts per sample); None when the model cannot report them."""
+        import inspect
+
+        # Models without the realised counts (other generate() implementations) answer without them.
+        supported = "return_vision_counts" in inspect.signature(self.model.generate).parameters
+        return self._generate(texts, images, max_new_tokens, counts=supported)
+
+    def _generate(
+        self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int, counts: bool
+    ) -> tuple[list[str], list[list[int]] | None]:
         import torch
 
         device, dtype = self._placement()
@@ -436,6 +452,7 @@ class LlavaBackend:
         if processed is not None:
             rows = [i for i, img in enumerate(images) if img is not None]
             pixels[rows] = processed.to(torch.float32)
+        extra = {"return_vision_counts": True} if counts else {}
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(device),
@@ -443,8 +460,13 @@ class LlavaBackend:
                 images=pixels.to(device=device, dtype=dtype),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                **extra,
             )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        per_layer = None
+        if counts:
+            out, vision_counts = out
+            per_layer = vision_counts.tolist()  # [B][L]
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)], per_layer
 
 
 # --------------------------------------------------------------------------------------------------- loop
@@ -472,13 +494,18 @@ def generate_answers(
         for start in range(0, len(questions), batch_size):
             batch = questions[start : start + batch_size]
             images = [adapter.load_image(q, image_folder) for q in batch]
-            texts = backend.generate([q.text for q in batch], images, max_new_tokens)
+            prompts = [q.text for q in batch]
+            with_stats = getattr(backend, "generate_with_stats", None)
+            texts, counts = with_stats(prompts, images, max_new_tokens) if with_stats else (
+                backend.generate(prompts, images, max_new_tokens), None)
             if len(texts) != len(batch):
                 raise RuntimeError(f"the model returned {len(texts)} answers for a batch of {len(batch)}")
-            for q, text in zip(batch, texts):
+            for row, (q, text) in enumerate(zip(batch, texts)):
                 record = {"question_id": q.qid, "prompt": q.text, "text": text, **q.extra, **record_fields}
                 if q.uid is not None:
                     record["uid"] = q.uid
+                if counts is not None:
+                    record["vision_tokens"] = counts[row]  # realised per layer, for the run's efficiency figures
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             written += len(batch)
@@ -546,6 +573,9 @@ def describe_efficiency(model: Any, model_path: str, preset: str | None, overrid
     info["reduction"] = cfg.to_dict()
     nv = _num_vision_tokens(model)
     info["num_vision_tokens"] = nv
+    if cfg.data_dependent:
+        info["data_dependent"] = True  # realised per sample: the merge averages the answers' vision_tokens
+        return info
     if num_layers and nv:
         counts = cfg.counts_per_layer(int(num_layers), nv)
         info["avg_vision_tokens"] = sum(counts) / int(num_layers)

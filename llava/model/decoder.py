@@ -27,7 +27,8 @@ from transformers import DynamicCache
 from llava.model.attention_mask import build_attention_mask
 from llava.model.multimodal_inputs import MultimodalBatch
 from llava.model.reduction.config import ReductionConfig
-from llava.model.reduction.scoring import score_vision_tokens
+from llava.model.reduction.dual_filter import dual_attention_keep
+from llava.model.reduction.scoring import query_vision_attention, score_vision_tokens
 from llava.model.reduction.topk import select_tokens
 from llava.model.token_state import TokenState, exit_vision, inject_vision, keep_vision, renumber, text_state
 
@@ -37,9 +38,11 @@ Observer = Callable[[int, nn.Module, TokenState, torch.Tensor], None]
 @dataclass
 class StageRecord:
     layer: int  # prune layer (1-based)
-    candidates: int  # vision tokens before the cut
-    keep: torch.Tensor  # [B, k] kept indices into the candidates, ascending
+    candidates: int  # vision slots before the cut
+    keep: torch.Tensor  # [B, k] kept indices into the candidates, ascending (then filler, see keep_valid)
     soft_keep: torch.Tensor | None  # [B] expected kept count under the soft mask (diff mode)
+    keep_valid: torch.Tensor | None = None  # [B, k] bool: real kept slots (thresholded stages keep fewer per row)
+    vision_start: torch.Tensor | None = None  # [B] where the candidates' span started in that stage's layout
 
 
 @dataclass
@@ -59,6 +62,7 @@ class DecoderOutput:
     stages: list[StageRecord] = field(default_factory=list)
     budget_loss: torch.Tensor | None = None
     generation: GenerationState | None = None
+    vision_counts: torch.Tensor | None = None  # [B, L] valid vision tokens at each layer's input (count_vision)
 
 
 class StageThresholds(nn.Module):
@@ -105,9 +109,11 @@ def run_decoder(
     thresholds: StageThresholds | None = None,
     use_cache: bool = False,
     observe: Observer | None = None,
+    count_vision: bool = False,
 ) -> DecoderOutput:
     """Runs every layer on the schedule's token sets. ``observe(i, layer, state, layer_input)`` is called after each
-    layer i (1-based, before any pruning after it) for analysis tools; it must not modify the state."""
+    layer i (1-based, before any pruning after it) for analysis tools; it must not modify the state.
+    ``count_vision`` records the valid vision tokens at every layer's input (realised averages)."""
     layers = lm.layers
     L = len(layers)
     impl = lm.config._attn_implementation
@@ -122,11 +128,14 @@ def run_decoder(
     next_positions: list[torch.Tensor] = []
     stages: list[StageRecord] = []
     budget_terms: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
     mask = pos_emb = None
     for i, layer in enumerate(layers, start=1):
         changed = mask is None
         if i == reduction.inject_layer:
             state, changed = inject_vision(state, batch, vision_positions), True
+            if compacted:  # a no-op unless the vision stage left empty slots (local merging)
+                state, next_position = renumber(state), state.valid.sum(1)
         if i == exit_layer:
             state, changed = exit_vision(state), True
             if compacted:
@@ -136,6 +145,8 @@ def run_decoder(
         if use_cache:
             key_valid.append(state.valid)
             next_positions.append(next_position)
+        if count_vision:
+            counts.append(state.vision_count())
         layer_input = state.hidden
         state.hidden = layer(
             state.hidden,
@@ -147,7 +158,20 @@ def run_decoder(
         )
         if observe is not None:
             observe(i, layer, state, layer_input)
-        if i in prune_at:
+        if i in prune_at and reduction.selection == "dual_attention":
+            scorer, scored = (layers[i], None) if reduction.score_layer == "next" else (layer, layer_input)
+            with torch.no_grad():  # training-free: thresholds on probabilities carry no gradient
+                attention, query_ok = query_vision_attention(scorer, lm.rotary_emb, state, batch.query_text_index,
+                                                             batch.query_valid, scored)
+                keep, keep_valid = dual_attention_keep(attention, query_ok, state.vision_valid(), state.vision_key,
+                                                       reduction.global_thr, reduction.individual_thr)
+            stages.append(StageRecord(layer=i, candidates=state.num_vision, keep=keep, soft_keep=None,
+                                      keep_valid=keep_valid, vision_start=state.vision_start))
+            state = keep_vision(state, keep, None, keep_valid)
+            if compacted:
+                state, next_position = renumber(state), state.valid.sum(1)
+            mask = None
+        elif i in prune_at:
             s = prune_at[i]
             k = reduction.keep_counts[s]
             candidates = state.num_vision
@@ -167,7 +191,8 @@ def run_decoder(
                     img = batch.has_image.to(sel.soft_mask.dtype)
                     frac = (sel.soft_mask.mean(1) * img).sum() / img.sum().clamp_min(1.0)
                     budget_terms.append((frac - k / candidates) ** 2)
-            stages.append(StageRecord(layer=i, candidates=candidates, keep=sel.keep, soft_keep=soft_keep))
+            stages.append(StageRecord(layer=i, candidates=candidates, keep=sel.keep, soft_keep=soft_keep,
+                                      vision_start=state.vision_start))
             state = keep_vision(state, sel.keep, sel.scale)
             if compacted:
                 state, next_position = renumber(state), state.valid.sum(1)
@@ -176,8 +201,52 @@ def run_decoder(
     budget = torch.stack(budget_terms).sum() * reduction.budget_weight if budget_terms else None
     gen = None
     if use_cache:
+        if reduction.kv_policy == "final" and stages:
+            _keep_final_survivors(key_valid, next_positions, stages, reduction, compacted)
         gen = GenerationState(cache=cache, key_valid=key_valid, next_position=next_positions)
-    return DecoderOutput(hidden=state.hidden, state=state, stages=stages, budget_loss=budget, generation=gen)
+    vision_counts = torch.stack(counts, 1) if counts else None  # [B, L]
+    return DecoderOutput(hidden=state.hidden, state=state, stages=stages, budget_loss=budget, generation=gen,
+                         vision_counts=vision_counts)
+
+
+def _keep_final_survivors(
+    key_valid: list[torch.Tensor],
+    next_positions: list[torch.Tensor],
+    stages: list[StageRecord],
+    reduction: ReductionConfig,
+    compacted: bool,
+) -> None:
+    """MustDrop's output-aware cache: the layers from the first to the last prune layer keep, for decoding, only
+    the vision tokens that survive every stage (masked, not moved: the attention is the same). With compacted
+    positions a decoded token then takes each such layer's remaining count, as MustDrop reads its cache length."""
+    first, last = stages[0].layer, stages[-1].layer
+    # alive[s][b, j]: slot j of the span stage s scored survives all later stages. Backwards through the keeps.
+    alive = torch.ones_like(stages[-1].keep, dtype=torch.bool)
+    if stages[-1].keep_valid is not None:
+        alive = alive & stages[-1].keep_valid
+    alive_per_stage: list[torch.Tensor] = []
+    for st in reversed(stages):
+        B = st.keep.shape[0]
+        hits = torch.zeros(B, st.candidates, dtype=torch.int32, device=st.keep.device)
+        if st.keep.shape[1]:
+            hits.scatter_add_(1, st.keep, alive.to(torch.int32))
+        alive_s = hits > 0  # [B, candidates]
+        alive_per_stage.append(alive_s)
+        alive = alive_s
+    alive_per_stage.reverse()
+    masked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for layer in range(first, last + 1):
+        li = layer - 1
+        s = sum(st.layer < layer for st in stages)  # the stage whose token set this layer holds
+        src = key_valid[li]
+        if id(src) not in masked:
+            st, alive_s = stages[s], alive_per_stage[s]
+            rel = torch.arange(src.shape[1], device=src.device).unsqueeze(0) - st.vision_start.unsqueeze(1)
+            in_span = (rel >= 0) & (rel < st.candidates)
+            survives = torch.gather(alive_s, 1, rel.clamp(0, max(st.candidates - 1, 0))) if st.candidates else in_span
+            kept = src & (~in_span | survives)
+            masked[id(src)] = (kept, kept.sum(1) if compacted else next_positions[li])
+        key_valid[li], next_positions[li] = masked[id(src)]
 
 
 def decode_step(lm: nn.Module, embeds: torch.Tensor, gen: GenerationState) -> torch.Tensor:

@@ -29,6 +29,7 @@ from llava.model.decoder import (
 from llava.model.multimodal_inputs import split_multimodal_batch
 from llava.model.projector import build_projector
 from llava.model.reduction.config import ReductionConfig
+from llava.model.vision_merge import encode_with_local_merging
 from llava.model.vision_tower import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,34 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         feats = tower(images.to(device=self.device, dtype=self.dtype))
         return self.model.mm_projector(feats)
 
+    def encode_vision(
+        self, images: torch.Tensor | None, batch_size: int, reduction: ReductionConfig
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """([B, N_v, D] projector features, [B, N_v] valid slots or None, [B, N_v] key tokens or None).
+
+        Plain LLaVA's tower unless the schedule asks for MustDrop's vision stage (local merging, key set).
+        """
+        if not (reduction.local_merge or reduction.key_ratio > 0):
+            return self.encode_images(images, batch_size), None, None
+        tower = self.model.vision_tower
+        if images is None:
+            size = tower.config.image_size
+            images = torch.zeros(batch_size, 3, size, size, device=self.device, dtype=self.dtype)
+        out = encode_with_local_merging(
+            tower, images.to(device=self.device, dtype=self.dtype),
+            reduction.merge_threshold if reduction.local_merge else None, reduction.merge_window,
+            reduction.key_ratio if reduction.key_ratio > 0 else 1.0,
+        )
+        return self.model.mm_projector(out.features), out.valid, (out.key if reduction.key_ratio > 0 else None)
+
+    def multimodal_batch(self, input_ids, attention_mask, images, labels, red: ReductionConfig):
+        """The multimodal batch of these inputs under schedule ``red`` (vision stage included)."""
+        vision, valid, key = self.encode_vision(images, input_ids.shape[0], red)
+        batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
+                                       red.score_query)
+        batch.vision_valid, batch.vision_key = valid, key
+        return batch
+
     def _reduction(self, reduction: ReductionConfig | None) -> ReductionConfig:
         red = reduction if reduction is not None else self.config.reduction_config
         return red.validate_for(self.config.num_hidden_layers, self.config.num_vision_tokens)
@@ -167,6 +196,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         query_text_index: torch.Tensor | None = None,
         query_valid: torch.Tensor | None = None,
         observe: Observer | None = None,
+        count_vision: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -184,14 +214,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         red = self._reduction(reduction)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        vision = self.encode_images(images, input_ids.shape[0])
-        batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
-                                       red.score_query)
+        if red.data_dependent and self.training:
+            raise ValueError(f"schedule {red.name!r} is training-free (thresholds and merging carry no gradient)")
+        batch = self.multimodal_batch(input_ids, attention_mask, images, labels, red)
         if query_text_index is not None:  # fixed scoring queries (full-recompute generation)
             batch.query_text_index = query_text_index
             batch.query_valid = (torch.ones_like(query_text_index, dtype=torch.bool) if query_valid is None
                                  else query_valid)
-        out = run_decoder(self.model, batch, red, self.reduction_thresholds, observe=observe)
+        out = run_decoder(self.model, batch, red, self.reduction_thresholds, observe=observe,
+                          count_vision=count_vision)
         logits = self.lm_head(out.hidden).float()  # [B, S, V]
         loss = None
         if labels is not None:
@@ -224,8 +255,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         use_cache: bool = True,
         reduction: ReductionConfig | None = None,
         generator: torch.Generator | None = None,
+        return_vision_counts: bool = False,
         **unsupported,
-    ) -> torch.LongTensor:
+    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
         """Greedy or sampled decoding; returns only the new tokens [B, new]. Batches must be left-padded.
 
         With the cache, prefill prunes once (query: the last prompt token) and each layer decodes against its own
@@ -243,11 +275,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         pad = (self.config.pad_token_id if pad_token_id is None else pad_token_id) or 0
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
+        if not use_cache and red.kv_policy == "final":
+            raise ValueError(f"schedule {red.name!r} decodes with its output-aware cache (kv_policy='final'), which "
+                             "full recompute does not model; generate with use_cache=True")
+        counts = None
         if use_cache:
-            vision = self.encode_images(images, B)
-            batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, None,
-                                           red.score_query)
-            out = run_decoder(self.model, batch, red, None, use_cache=True)
+            batch = self.multimodal_batch(input_ids, attention_mask, images, None, red)
+            out = run_decoder(self.model, batch, red, None, use_cache=True, count_vision=return_vision_counts)
+            counts = out.vision_counts
             gen = out.generation
             last = _last_valid(out.state.valid)  # [B]
             logits = self.lm_head(out.hidden[torch.arange(B), last]).float()  # [B, V]
@@ -270,9 +305,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 ids = torch.cat([ids, nxt.unsqueeze(1)], 1)
                 mask = torch.cat([mask, torch.ones_like(nxt).unsqueeze(1)], 1)
                 logits = self._last_logits(ids, mask, images, red, query)
-        if not new_tokens:
-            return torch.zeros(B, 0, dtype=torch.long, device=input_ids.device)
-        return torch.stack(new_tokens, 1)
+        tokens = torch.stack(new_tokens, 1) if new_tokens else torch.zeros(B, 0, dtype=torch.long, device=input_ids.device)
+        if return_vision_counts:
+            if counts is None:  # full recompute: the prompt's prefill is what the counts describe
+                with torch.no_grad():
+                    counts = self.forward(input_ids, attention_mask, images=images, reduction=red,
+                                          count_vision=True).decoder.vision_counts
+            return tokens, counts  # [B, new], [B, L] valid vision tokens at each layer's input during prefill
+        return tokens
 
     def prompt_query(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, reduction: ReductionConfig | None = None

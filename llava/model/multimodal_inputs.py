@@ -34,6 +34,9 @@ class MultimodalBatch:
     query_text_index: torch.Tensor  # [B, Q] long: text index of the token *after* each scoring query (see below)
     query_valid: torch.Tensor  # [B, Q] bool
     left_padded: bool
+    # Set by the caller when the vision stage decides per image (MustDrop's local merging and key set):
+    vision_valid: torch.Tensor | None = None  # [B, N_v] bool: slot holds a token (merged-away slots do not)
+    vision_key: torch.Tensor | None = None  # [B, N_v] bool: key tokens, never dropped by a later stage
 
     @property
     def num_vision(self) -> int:

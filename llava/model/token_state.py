@@ -24,6 +24,19 @@ class TokenState:
     labels: torch.Tensor | None  # [B, S]
     vision_start: torch.Tensor  # [B] index of the first vision slot (== MultimodalBatch.vision_insert)
     num_vision: int  # vision slots currently in the tensor (0 before injection and after exit)
+    vision_key: torch.Tensor | None = None  # [B, num_vision] bool: key tokens (MustDrop), moved with the span
+
+    def vision_columns(self) -> torch.Tensor:
+        """[B, num_vision] indices of the vision span in the current tensor."""
+        return self.vision_start.unsqueeze(1) + torch.arange(self.num_vision, device=self.valid.device).unsqueeze(0)
+
+    def vision_valid(self) -> torch.Tensor:
+        """[B, num_vision] bool: which vision slots hold a token."""
+        return torch.gather(self.valid, 1, self.vision_columns())
+
+    def vision_count(self) -> torch.Tensor:
+        """[B] valid vision tokens in the current set."""
+        return self.vision_valid().sum(1)
 
     def text_to_current(self, text_index: torch.Tensor) -> torch.Tensor:
         """Maps text-stream indices [B, Q] to indices in the current tensor."""
@@ -75,19 +88,26 @@ def inject_vision(state: TokenState, batch: MultimodalBatch, vision_positions: t
         vis_pos = batch.vision_position_start.unsqueeze(1) + torch.arange(N, device=device).unsqueeze(0)  # [B, N]
     positions = _gather(torch.cat([state.positions, vis_pos], 1), index)
     vis_valid = batch.has_image.unsqueeze(1).expand(-1, N)
+    if batch.vision_valid is not None:
+        vis_valid = vis_valid & batch.vision_valid
     valid = _gather(torch.cat([state.valid, vis_valid], 1), index)
     labels = None
     if state.labels is not None:
         vis_labels = torch.full((B, N), IGNORE_INDEX, dtype=state.labels.dtype, device=device)
         labels = _gather(torch.cat([state.labels, vis_labels], 1), index)
-    return replace(state, hidden=hidden, positions=positions, valid=valid, labels=labels, num_vision=N)
+    key = None if batch.vision_key is None else batch.vision_key & vis_valid
+    return replace(state, hidden=hidden, positions=positions, valid=valid, labels=labels, num_vision=N,
+                   vision_key=key)
 
 
-def keep_vision(state: TokenState, keep: torch.Tensor, scale: torch.Tensor | None = None) -> TokenState:
+def keep_vision(
+    state: TokenState, keep: torch.Tensor, scale: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None
+) -> TokenState:
     """Keeps ``keep`` [B, k] (indices into the current vision span, ascending) and drops the other vision slots.
 
     ``scale`` [B, k] multiplies the kept hidden states; it is exactly 1 in the forward pass and carries the
-    straight-through gradient of the differentiable top-k.
+    straight-through gradient of the differentiable top-k. ``keep_valid`` [B, k] marks filler slots of rows that
+    keep fewer than k tokens (thresholded selections): they are carried as invalid slots.
     """
     B, S, _ = state.hidden.shape
     k = keep.shape[1]
@@ -101,13 +121,24 @@ def keep_vision(state: TokenState, keep: torch.Tensor, scale: torch.Tensor | Non
         span_scale = torch.gather(scale, 1, rel.clamp(0, k - 1))  # [B, S_new]
         ones = torch.ones((), dtype=span_scale.dtype, device=span_scale.device)
         hidden = hidden * torch.where(in_span, span_scale, ones).unsqueeze(-1).to(hidden.dtype)
+    valid = _gather(state.valid, index)
+    if keep_valid is not None and k > 0:
+        rel = torch.arange(index.shape[1], device=index.device).unsqueeze(0) - state.vision_start.unsqueeze(1)
+        in_span = (rel >= 0) & (rel < k)
+        valid = valid & (~in_span | torch.gather(keep_valid, 1, rel.clamp(0, k - 1)))
+    key = None
+    if state.vision_key is not None:
+        key = torch.gather(state.vision_key, 1, keep) if k > 0 else keep.new_zeros(keep.shape, dtype=torch.bool)
+        if keep_valid is not None:
+            key = key & keep_valid
     return replace(
         state,
         hidden=hidden,
         positions=_gather(state.positions, index),
-        valid=_gather(state.valid, index),
+        valid=valid,
         labels=None if state.labels is None else _gather(state.labels, index),
         num_vision=k,
+        vision_key=key,
     )
 
 

@@ -97,6 +97,11 @@ def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
     elif not config.vision_config:
         raise TrainingSetupError("--vision_tower is required when the base model has no vision tower")
     red.validate_for(model.config.num_hidden_layers, model.config.num_vision_tokens)
+    if red.data_dependent:
+        raise TrainingSetupError(
+            f"schedule {red.name!r} ({red.selection}, local_merge={red.local_merge}) is training-free: its "
+            "thresholds and merging carry no gradient; evaluate it with REDUCTION=... on a trained checkpoint"
+        )
     logger.info(red.describe(model.config.num_hidden_layers, model.config.num_vision_tokens))
 
     if model_args.freeze_backbone:

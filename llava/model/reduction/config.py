@@ -18,6 +18,8 @@ ScoreQuery = Literal["last_nround", "last_1round", "all_text"]
 ScoreWeight = Literal["none", "l2"]
 ScoreLayer = Literal["next", "same"]
 PositionScheme = Literal["persistent", "compacted", "group"]
+Selection = Literal["topk", "dual_attention"]
+KVPolicy = Literal["stage", "final"]
 
 # The allowed values of every string field, checked when a config is built.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -26,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score_weight": ("none", "l2"),
     "score_layer": ("next", "same"),
     "position_scheme": ("persistent", "compacted", "group"),
+    "selection": ("topk", "dual_attention"),
+    "kv_policy": ("stage", "final"),
 }
 
 # Sentinel for "the last layer + 1" so presets can be written without knowing the depth.
@@ -58,6 +62,22 @@ class ReductionConfig:
     score_layer: ScoreLayer = "next"  # "next": layer l + 1's projections (HiDrop); "same": layer l's own (FastV, PDrop)
     # RoPE positions across inject / prune / exit (paper, Tables 5 and 10; docs/HiDrop.md "Positions"):
     position_scheme: PositionScheme = "persistent"
+    # How a stage chooses (docs/Baselines.md): "topk" keeps exactly keep_counts[s]; "dual_attention" (MustDrop)
+    # drops a vision token when its summed attention over the text queries is below global_thr of the total and
+    # its largest single attention is below individual_thr, so the count differs per sample (keep_counts empty).
+    selection: Selection = "topk"
+    global_thr: float = 0.0
+    individual_thr: float = 0.0
+    # MustDrop's vision-encoding stage (llava.model.vision_merge): 3x3 windows of the patch grid whose tokens are
+    # alike (mean pairwise cosine >= merge_threshold) become one token after the tower's first layer, and the
+    # key_ratio share of patches with the most CLS attention is a key set that no later stage drops.
+    local_merge: bool = False
+    merge_threshold: float = 0.8
+    merge_window: int = 3
+    key_ratio: float = 0.0
+    # Decoding cache: "stage" (each layer keeps its stage's tokens) or "final" (MustDrop's output-aware policy:
+    # after prefill, layers from the first to the last prune layer keep only the tokens that survive every stage).
+    kv_policy: KVPolicy = "stage"
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -74,7 +94,24 @@ class ReductionConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ReductionConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if len(self.prune_layers) != len(self.keep_counts):
+        if self.selection == "dual_attention":
+            if self.keep_counts:
+                raise ReductionConfigError(
+                    f"keep_counts {list(self.keep_counts)} must be empty with selection='dual_attention': the "
+                    "thresholds decide how many tokens each stage keeps"
+                )
+            if self.learn_threshold:
+                raise ReductionConfigError("learn_threshold needs selection='topk' (dual_attention has no budget)")
+        for name in ("global_thr", "individual_thr", "key_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ReductionConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not -1.0 <= self.merge_threshold <= 1.0:
+            raise ReductionConfigError(f"merge_threshold is a cosine similarity in [-1, 1], got {self.merge_threshold}")
+        if self.merge_window < 2:
+            raise ReductionConfigError(f"merge_window must be >= 2, got {self.merge_window}")
+        if self.kv_policy == "final" and not self.prune_layers:
+            raise ReductionConfigError("kv_policy='final' needs prune_layers (it keeps the tokens that survive them)")
+        if self.selection == "topk" and len(self.prune_layers) != len(self.keep_counts):
             raise ReductionConfigError(
                 f"prune_layers has {len(self.prune_layers)} entries but keep_counts has {len(self.keep_counts)}; "
                 "they must have the same length"
@@ -132,6 +169,12 @@ class ReductionConfig:
         return num_layers + 1 if self.exit_layer == NO_EXIT else self.exit_layer
 
     @property
+    def data_dependent(self) -> bool:
+        """True when the number of vision tokens depends on the image and text (MustDrop's thresholds and
+        merging): the average is then realised per sample and reported by the runs, not computed here."""
+        return self.selection == "dual_attention" or self.local_merge
+
+    @property
     def is_off(self) -> bool:
         """True when the schedule is plain LLaVA (vision everywhere, nothing pruned, upstream's positions)."""
         return (self.inject_layer == 1 and not self.prune_layers and self.exit_layer == NO_EXIT
@@ -146,6 +189,11 @@ class ReductionConfig:
         ``stage_counts`` replaces ``keep_counts`` with counts a forward actually realised (e.g. soft expected counts).
         """
         exit_layer = self.resolved_exit(num_layers)
+        if self.data_dependent and stage_counts is None:
+            raise ReductionConfigError(
+                f"schedule {self.name!r} keeps a data-dependent number of tokens; its average is realised per "
+                "sample (see the runs' realised_avg_vision_tokens or `llava.eval.efficiency --run-info`)"
+            )
         kept = self.keep_counts if stage_counts is None else stage_counts
         counts = []
         for layer in range(1, num_layers + 1):
@@ -200,6 +248,13 @@ class ReductionConfig:
         return ReductionConfig.from_dict(d)
 
     def describe(self, num_layers: int, num_vision_tokens: int) -> str:
+        if self.data_dependent:
+            return (
+                f"reduction '{self.name}': inject={self.inject_layer} prune={list(self.prune_layers)} "
+                f"selection={self.selection} (global_thr={self.global_thr}, individual_thr={self.individual_thr}) "
+                f"local_merge={self.local_merge} key_ratio={self.key_ratio} kv_policy={self.kv_policy} "
+                f"positions={self.position_scheme} -> average vision tokens data-dependent (realised per run)"
+            )
         avg = self.average_vision_tokens(num_layers, num_vision_tokens)
         return (
             f"reduction '{self.name}': inject={self.inject_layer} prune={list(self.prune_layers)} "
@@ -241,13 +296,16 @@ def parse_overrides(items: list[str] | str) -> dict[str, Any]:
                 out[key] = tuple(int(x) for x in raw.split(",") if x.strip()) if raw else ()
             elif key in ("inject_layer", "exit_layer"):
                 out[key] = int(raw)
-            elif key in ("budget_weight", "score_temperature"):
+            elif key in ("budget_weight", "score_temperature", "global_thr", "individual_thr", "merge_threshold",
+                         "key_ratio"):
                 out[key] = float(raw)
+            elif key == "merge_window":
+                out[key] = int(raw)
             elif key in CHOICES:
                 if raw not in CHOICES[key]:
                     raise ValueError(f"expected one of {list(CHOICES[key])}")
                 out[key] = raw
-            elif key == "learn_threshold":
+            elif key in ("learn_threshold", "local_merge"):
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(raw)
                 out[key] = raw.lower() in ("true", "1")
@@ -293,21 +351,47 @@ PRESETS: dict[str, ReductionConfig] = {
     # Keeping the 7B tail (k2, k3, k4) = (10, 5, 1) gives 3 * k1 = 2048 - 1152 - 30 - 15 - 2 = 849, k1 = 283.
     "mobilellama-tok64": _hidrop("mobilellama-tok64", (16, 19, 22, 25), (283, 10, 5, 1), inject=15, exit_=28),
     # Baselines expressed as schedules in the same loop.
-    # PDrop: drop half at layers 8, 16, 24 -> (576*8 + 288*8 + 144*8 + 72*8) / 32 = 270.
-    "pdrop": ReductionConfig(name="pdrop", prune_layers=(8, 16, 24), keep_counts=(288, 144, 72), topk="hard"),
-    # FastV (K=2, R=75% pruned): keep 144 after layer 2 -> (576*2 + 144*30) / 32 = 171.
-    "fastv": ReductionConfig(name="fastv", prune_layers=(2,), keep_counts=(144,), topk="hard"),
+    # Baselines as their authors run them (docs/Baselines.md). FastV: one cut after layer K = 2 by the attention of
+    # the last token in layer K's own attention (score_layer="same"), exact hard top-k, persistent positions (its
+    # in-place variant keeps the original position ids). PDrop: cuts after layers 8, 16, 24, each scored with the
+    # next stage's first layer by the last instruction token, exact top-k, positions renumbered at every cut.
+    # FastV's own default, K = 2 and R = 50%: keep 288 -> (576*2 + 288*30) / 32 = 306.
+    "fastv-paper": ReductionConfig(name="fastv-paper", prune_layers=(2,), keep_counts=(288,), topk="hard",
+                                   score_layer="same"),
+    # FastV with R = 75% pruned: keep 144 after layer 2 -> (576*2 + 144*30) / 32 = 171.
+    "fastv": ReductionConfig(name="fastv", prune_layers=(2,), keep_counts=(144,), topk="hard", score_layer="same"),
+    # PDrop's own default, lambda = 0.5 at 8, 16, 24 -> (576*8 + 288*8 + 144*8 + 72*8) / 32 = 270. `pdrop` is the
+    # same schedule under its older name.
+    "pdrop-paper": ReductionConfig(name="pdrop-paper", prune_layers=(8, 16, 24), keep_counts=(288, 144, 72),
+                                   topk="hard", position_scheme="compacted"),
+    "pdrop": ReductionConfig(name="pdrop", prune_layers=(8, 16, 24), keep_counts=(288, 144, 72), topk="hard",
+                             position_scheme="compacted"),
     # Table 1's training-free budgets (80 / 64 / 48 average tokens on Vicuna-7B, 576 vision tokens), solved by
     # `python -m llava.eval.efficiency --llm vicuna-7b --solve --target-avg T --prune-layers ...` (tested).
     # FastV: one cut after layer K = 2. Averages 80.06 / 64.12 / 48.19 (integers cannot do better).
-    "fastv-80": ReductionConfig(name="fastv-80", prune_layers=(2,), keep_counts=(47,), topk="hard"),
-    "fastv-64": ReductionConfig(name="fastv-64", prune_layers=(2,), keep_counts=(30,), topk="hard"),
-    "fastv-48": ReductionConfig(name="fastv-48", prune_layers=(2,), keep_counts=(13,), topk="hard"),
+    "fastv-80": ReductionConfig(name="fastv-80", prune_layers=(2,), keep_counts=(47,), topk="hard", score_layer="same"),
+    "fastv-64": ReductionConfig(name="fastv-64", prune_layers=(2,), keep_counts=(30,), topk="hard", score_layer="same"),
+    "fastv-48": ReductionConfig(name="fastv-48", prune_layers=(2,), keep_counts=(13,), topk="hard", score_layer="same"),
     # PDrop: layers 8, 16, 24 cannot go below 144 tokens, so the budgets use layers 2, 8, 16 with one ratio
     # lambda for every stage (the PDrop maintainers' suggestion for small budgets). Averages 80.0 / 64.06 / 48.06.
-    "pdrop-80": ReductionConfig(name="pdrop-80", prune_layers=(2, 8, 16), keep_counts=(152, 40, 11), topk="hard"),
-    "pdrop-64": ReductionConfig(name="pdrop-64", prune_layers=(2, 8, 16), keep_counts=(111, 21, 4), topk="hard"),
-    "pdrop-48": ReductionConfig(name="pdrop-48", prune_layers=(2, 8, 16), keep_counts=(55, 5, 1), topk="hard"),
+    "pdrop-80": ReductionConfig(name="pdrop-80", prune_layers=(2, 8, 16), keep_counts=(152, 40, 11), topk="hard",
+                                position_scheme="compacted"),
+    "pdrop-64": ReductionConfig(name="pdrop-64", prune_layers=(2, 8, 16), keep_counts=(111, 21, 4), topk="hard",
+                                position_scheme="compacted"),
+    "pdrop-48": ReductionConfig(name="pdrop-48", prune_layers=(2, 8, 16), keep_counts=(55, 5, 1), topk="hard",
+                                position_scheme="compacted"),
+    # MustDrop (training-free): local merging and a key set in the tower, dual-attention filtering after layers
+    # 3, 7, 11 and 15 (its code's 0-based [2, 6, 10, 14], each layer's own attention from the text after the image),
+    # positions renumbered as its sequence shrinks, and the output-aware decoding cache. The released thresholds
+    # (global, individual) aim at 192, 128 and 64 retained tokens; the realised average varies per image.
+    **{
+        f"mustdrop-{budget}": ReductionConfig(
+            name=f"mustdrop-{budget}", prune_layers=(3, 7, 11, 15), selection="dual_attention", global_thr=g,
+            individual_thr=ind, score_layer="same", score_query="all_text", position_scheme="compacted",
+            local_merge=True, merge_threshold=0.8, merge_window=3, key_ratio=0.08, kv_policy="final", topk="hard",
+        )
+        for budget, g, ind in ((192, 0.001, 0.001), (128, 0.0012, 0.001), (64, 0.011, 0.01))
+    },
     # The embedded demo: an 8-layer LLM with 64 vision tokens (2x2 grid of 8x8 patches per digit).
     # Vision on layers 2..6: 64 (layers 2-3), 32 (4-5), 16 (6) -> (64 * 2 + 32 * 2 + 16) / 8 = 26.0.
     "tiny": ReductionConfig(name="tiny", inject_layer=2, prune_layers=(3, 5), keep_counts=(32, 16), exit_layer=7),

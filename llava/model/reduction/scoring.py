@@ -40,7 +40,23 @@ def head_attention_to_vision(
 ) -> torch.Tensor:
     """[B, H, N_vis]: the attention each current vision token receives in each head, averaged over the valid query
     rows (0 for rows without one). The analysis tools read the per-head vectors; pruning averages the heads."""
-    return _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
+    vis, q_ok = _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
+    w = q_ok.to(vis.dtype).view(q_ok.shape[0], 1, q_ok.shape[1], 1)
+    return (vis * w).sum(2) / w.sum(2).clamp_min(1.0)  # [B, H, N] mean over valid query rows
+
+
+def query_vision_attention(
+    layer: torch.nn.Module,
+    rotary_emb: torch.nn.Module,
+    state: TokenState,
+    query_next_text_index: torch.Tensor,  # [B, Q]
+    query_valid: torch.Tensor,  # [B, Q] bool
+    hidden: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, Q, N_vis] attention of each query row to each current vision token, mean over heads; [B, Q] which
+    query rows are real). MustDrop's dual-attention filter needs the rows, not their mean."""
+    vis, q_ok = _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, "none")
+    return vis.mean(dim=1), q_ok
 
 
 def score_vision_tokens(
@@ -53,7 +69,7 @@ def score_vision_tokens(
     weight: str = "none",
 ) -> torch.Tensor:
     """Returns [B, N_vis] scores for the current vision span (0 for rows without a valid query)."""
-    heads = _query_attention(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
+    heads = head_attention_to_vision(layer, rotary_emb, state, query_next_text_index, query_valid, hidden, weight)
     return heads.mean(dim=1)  # [B, N] mean over heads
 
 
@@ -65,7 +81,7 @@ def _query_attention(
     query_valid: torch.Tensor,
     hidden: torch.Tensor | None,
     weight: str,
-) -> torch.Tensor:  # [B, H, N_vis]
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([B, H, Q, N_vis] probabilities, [B, Q] real query rows)
     attn = layer.self_attn
     h = state.hidden if hidden is None else hidden  # [B, S, D]
     B, S, _ = h.shape
@@ -103,6 +119,4 @@ def _query_attention(
         probs = probs * v_norm.unsqueeze(2)  # [B, H, Q, S]
     vis_cols = state.vision_start.unsqueeze(1) + torch.arange(N, device=h.device).unsqueeze(0)  # [B, N]
     index = vis_cols.view(B, 1, 1, N).expand(-1, n_heads, Q, -1)
-    vis = torch.gather(probs, 3, index)  # [B, H, Q, N]
-    w = q_ok.to(vis.dtype).view(B, 1, Q, 1)
-    return (vis * w).sum(2) / w.sum(2).clamp_min(1.0)  # [B, H, N] mean over valid query rows
+    return torch.gather(probs, 3, index), q_ok  # [B, H, Q, N], [B, Q]
