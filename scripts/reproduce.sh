@@ -12,8 +12,8 @@
 #   hidrop-hard        the same with hard top-k
 #   fastv-26           FastV-shaped at the same average: one cut after layer 2 to 13 tokens (25.75), scored by the
 #                      layer's own attention, hard top-k
-#   pdrop-26           PDrop-shaped: cuts after 2, 4, 6 to 26, 10, 4 (one ratio; 26.0), own-layer scoring, hard
-#                      top-k, compacted positions
+#   pdrop-26           PDrop-shaped: cuts after 2, 4, 6 to 26, 10, 4 (one ratio; 26.0), each scored with the next
+#                      stage's first layer as PDrop does, hard top-k, compacted positions
 #   hidrop-compacted / hidrop-group        the other two position schemes
 #   hidrop-last1round / hidrop-alltext / hidrop-alltext-l2   the other scoring strategies
 #
@@ -43,7 +43,7 @@ setting off ft off ""
 setting hidrop ft tiny ""
 setting hidrop-hard ft tiny "topk=hard"
 setting fastv-26 ft off "prune_layers=2 keep_counts=13 topk=hard score_layer=same"
-setting pdrop-26 ft off "prune_layers=2,4,6 keep_counts=26,10,4 topk=hard score_layer=same position_scheme=compacted"
+setting pdrop-26 ft off "prune_layers=2,4,6 keep_counts=26,10,4 topk=hard position_scheme=compacted"
 setting hidrop-compacted ft tiny "position_scheme=compacted"
 setting hidrop-group ft tiny "position_scheme=group"
 setting hidrop-last1round ft tiny "score_query=last_1round"
