@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from timing import interleaved, machine_line
 from transformers import CLIPVisionConfig
 
 import llava.model.decoder as decoder
@@ -29,8 +30,9 @@ def build(args) -> LlavaLlamaForCausalLM:
     d = args.hidden
     vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2)
-    heads = max(1, d // 64)  # head_dim 64 at reduced width (7B: 32 heads of 128)
-    cfg = LlavaConfig(vocab_size=args.vocab, hidden_size=d, intermediate_size=int(d * 11008 / 4096), num_hidden_layers=32,
+    heads = getattr(args, "heads", None) or max(1, d // 64)  # head_dim 64 at reduced width (7B: 32 heads of 128)
+    layers = getattr(args, "layers", None) or 32
+    cfg = LlavaConfig(vocab_size=args.vocab, hidden_size=d, intermediate_size=int(d * 11008 / 4096), num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                       vision_config={k: v for k, v in vision.to_dict().items() if not k.startswith("_")},
                       mm_hidden_size=32)
@@ -80,18 +82,14 @@ def forward_flops(red, L, d, m, kv, T, N, V, B, train: bool, n_queries: int = 1)
 
 
 def timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return interleaved({"only": fn}, reps)["only"].median
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=None, help="default hidden // 64 (7B: --hidden 4096 --heads 32)")
+    p.add_argument("--layers", type=int, default=32, help="fewer to fit a GPU's memory at 7B width")
     p.add_argument("--text", type=int, default=160)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--vocab", type=int, default=4096)
@@ -105,7 +103,7 @@ def main() -> None:
     model = build(args).train()
     batch = make_batch(model, args)
     cfg = model.config
-    L, d, m, kv = 32, cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
+    L, d, m, kv = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
     off, tok64 = PRESETS["off"], PRESETS["tok64"]
 
     # forward-time of the reduction pieces, measured by wrapping them where the decoder calls them
@@ -123,11 +121,12 @@ def main() -> None:
         return inner
 
     results = {}
+    sync = batch[0].is_cuda
     for mode in ("train", "prefill"):
         train = mode == "train"
-        t_off = timed(lambda train=train: step(model, batch, off, train), args.reps)
-        t_hd = timed(lambda train=train: step(model, batch, tok64, train), args.reps)
-        results[mode] = (t_off, t_hd)
+        # off and tok64 take turns (off, tok64, off, ...): a change of machine load hits both alike
+        results[mode] = interleaved({"off": lambda train=train: step(model, batch, off, train),
+                                     "tok64": lambda train=train: step(model, batch, tok64, train)}, args.reps, sync)
     # Forward time of every reduction piece, measured where the decoder calls them.
     for name in TIMED:
         setattr(decoder, name, wrap(originals[name]))
@@ -177,17 +176,23 @@ def main() -> None:
     share = (max(selection, 0.0) + gather_fwd) / t_full
 
     V, B, T = args.vocab, args.batch, args.text + 1
-    print(f"model: 32 layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "
+    print(f"model: {L} layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "
           f"text {T} tokens + 576 vision; {args.device} {str(args.dtype).split('.')[-1]} {args.attn}")
-    print(f"schedule tok64: average vision tokens {tok64.average_vision_tokens(32):.1f}")
-    for mode, (t_off, t_hd) in results.items():
+    print(f"schedule tok64: average vision tokens {tok64.average_vision_tokens(L):.1f}")
+    print(f"machine: {machine_line(args.device)}; {args.reps} interleaved repetitions, median [min-max]")
+    for mode, timing in results.items():
         train = mode == "train"
+        t_off, t_hd = timing["off"].median, timing["tok64"].median
         f_off = forward_flops(off, L, d, m, kv, T, 576, V, B, train)
         f_hd = forward_flops(tok64, L, d, m, kv, T, 576, V, B, train)
         ideal = f_off / f_hd
         measured = t_off / t_hd
-        print(f"{mode:8s} off {t_off * 1e3:8.1f} ms | tok64 {t_hd * 1e3:8.1f} ms | measured speedup {measured:.2f}x | "
-              f"FLOPs-ideal {ideal:.2f}x | measured/ideal {measured / ideal:.2f}")
+        print(f"{mode:8s} off {timing['off'].fmt()} | tok64 {timing['tok64'].fmt()} | measured speedup "
+              f"{measured:.2f}x | FLOPs-ideal {ideal:.2f}x | measured/ideal {measured / ideal:.2f}")
+        # one row of gpu_suite.sh's table
+        print(f"RESULT | {mode} ({args.attn}, {str(args.dtype).split('.')[-1]}, {cfg.num_hidden_layers} layers) | "
+              f"{timing['off'].median * 1e3:.1f} ms | {timing['tok64'].median * 1e3:.1f} ms | {measured:.2f}x | "
+              f"{ideal:.2f}x |")
     print(f"scoring + top-k + gathering, forward only (timers): {fwd_share * 100:.2f}% of the tok64 training step")
     print(f"scoring + top-k forward+backward (ablation {t_full * 1e3:.0f} - {t_ablated * 1e3:.0f} ms) + gathering "
           f"forward: {share * 100:.2f}% of the tok64 training step")

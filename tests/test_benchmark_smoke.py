@@ -19,3 +19,40 @@ def test_benchmark_runs_and_reports_every_figure():
     for needle in ("average vision tokens 64.0", "train ", "prefill ", "FLOPs-ideal", "measured/ideal",
                    "forward only (timers)", "forward+backward (ablation"):
         assert needle in text, needle
+
+
+def _bench(*argv: str) -> str:
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_generation_benchmark_reports_kv_against_the_ideal():
+    text = _bench(str(REPO / "benchmarks" / "bench_generation.py"), "--hidden", "64", "--text", "64", "--new", "2",
+                  "--batches", "1,2", "--reps", "1", "--vocab", "128")
+    rows = [line for line in text.splitlines() if line.startswith("| 2 | tok64")]
+    assert rows and rows[0].split("|")[6].strip() == "1.000"  # KV bytes equal the schedule's ideal exactly
+    assert "RESULT | decode tokens/s, batch 1" in text and "interleaved" in text
+
+
+def test_parallel_vision_benchmark_runs():
+    text = _bench(str(REPO / "benchmarks" / "bench_parallel_vision.py"), "--hidden", "64", "--text", "64", "--batch",
+                  "1", "--reps", "1", "--tower", "1,32,64", "--vocab", "128")
+    assert "| plain | decoupled | gain | tower alone |" in text and "RESULT | parallel vision" in text
+
+
+def test_train_step_benchmark_runs_through_the_trainer():
+    text = _bench(str(REPO / "benchmarks" / "bench_train_step.py"), "--hidden", "64", "--text", "30", "--tower",
+                  "1,32,64", "--batch", "1", "--steps", "3", "--reps", "1", "--zero", "2")
+    assert "| 2 |" in text and "ideal with tower" in text and "Vicuna-7B" in text and "1.72x" in text
+
+
+def test_gpu_suite_parses_and_refuses_without_a_gpu(tmp_path):
+    subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_suite.sh")], check=True)
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        return  # a GPU machine runs the suite itself
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
+    assert out.returncode == 2 and "no NVIDIA GPU" in out.stderr

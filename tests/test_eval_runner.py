@@ -221,6 +221,7 @@ def test_resume_after_interruption(gqa_data, tmp_path) -> None:
             return real(*a, **k)
 
         backend.generate = generate
+        backend.generate_with_stats = lambda *a, **k: (generate(*a, **k), None)  # what the runner calls
         return backend, model
 
     with pytest.raises(Interrupted):

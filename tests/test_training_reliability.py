@@ -195,3 +195,13 @@ def test_ranks_die_with_their_launcher_and_runs_do_not_share_a_folder(tiny_asset
         except OutputDirError:
             assert time.time() < deadline, "the killed run still holds the output directory"
             time.sleep(0.2)
+
+
+def test_parallel_vision_is_switched_off_under_zero3(tiny_assets, tiny_pretrained, tmp_path):
+    """Asked for explicitly, decoupling still stands down under ZeRO-3 (its gathers assume one stream): the run
+    trains and says why, once."""
+    proc = run_script("finetune.sh", finetune_env(tiny_assets, tiny_pretrained, MAX_STEPS="2",
+                                                  OUTPUT_DIR=str(tmp_path / "pv")), "--parallel_vision", "on")
+    log = proc.stdout + proc.stderr
+    assert log.count("parallel vision decoupling is off under DeepSpeed ZeRO-3") == 1, log[-3000:]
+    assert sorted(logged_losses(tmp_path / "pv")) == [1, 2]

@@ -268,15 +268,8 @@ def encode_prompts(loaded: LoadedModel, texts: Sequence[str], images: Sequence[I
 
     Left padding as in generation: the scoring query (the last prompt token) then sits in the last column.
     """
-    from torch.nn.utils.rnn import pad_sequence
-
-    backend = loaded.backend
-    ids = [backend.tokenize(backend.template(t, True)).long().view(-1) for t in texts]
-    input_ids = pad_sequence(ids, batch_first=True, padding_value=backend.pad_token_id, padding_side="left")  # [B, T]
-    mask = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True, padding_value=0, padding_side="left")
-    pixels = backend.preprocess(list(images))  # [B, 3, H, W]
-    device, dtype = loaded.placement
-    return PromptBatch(input_ids.to(device), mask.to(device), pixels.to(device=device, dtype=dtype))
+    input_ids, mask, pixels = loaded.backend.encode(texts, images)  # [B, T], [B, T], [B, 3, H, W]
+    return PromptBatch(input_ids, mask, pixels)
 
 
 def run_layers(

@@ -432,9 +432,11 @@ class LlavaBackend:
         supported = "return_vision_counts" in inspect.signature(self.model.generate).parameters
         return self._generate(texts, images, max_new_tokens, counts=supported)
 
-    def _generate(
-        self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int, counts: bool
-    ) -> tuple[list[str], list[list[int]] | None]:
+    def encode(
+        self, texts: Sequence[str], images: Sequence[Image.Image | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model inputs of a batch: left-padded ``input_ids`` [B, T], ``attention_mask`` [B, T] and
+        ``images`` [B, 3, H, W] (zeros for text-only samples), on the model's device and dtype."""
         import torch
 
         device, dtype = self._placement()
@@ -452,12 +454,20 @@ class LlavaBackend:
         if processed is not None:
             rows = [i for i, img in enumerate(images) if img is not None]
             pixels[rows] = processed.to(torch.float32)
+        return input_ids.to(device), attention_mask.to(device), pixels.to(device=device, dtype=dtype)
+
+    def _generate(
+        self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int, counts: bool
+    ) -> tuple[list[str], list[list[int]] | None]:
+        import torch
+
+        input_ids, attention_mask, pixels = self.encode(texts, images)
         extra = {"return_vision_counts": True} if counts else {}
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                images=pixels.to(device=device, dtype=dtype),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                images=pixels,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 **extra,

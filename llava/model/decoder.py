@@ -133,6 +133,7 @@ def run_decoder(
     for i, layer in enumerate(layers, start=1):
         changed = mask is None
         if i == reduction.inject_layer:
+            batch.resolve_vision()  # joins a decoupled vision stage (parallel_vision)
             state, changed = inject_vision(state, batch, vision_positions), True
             if compacted:  # a no-op unless the vision stage left empty slots (local merging)
                 state, next_position = renumber(state), state.valid.sum(1)
@@ -197,6 +198,7 @@ def run_decoder(
             if compacted:
                 state, next_position = renumber(state), state.valid.sum(1)
             mask = None  # rebuilt before the next layer
+    batch.resolve_vision()  # a schedule that never injects still runs the tower (same modules on every rank)
     state.hidden = lm.norm(state.hidden)
     budget = torch.stack(budget_terms).sum() * reduction.budget_weight if budget_terms else None
     gen = None

@@ -48,6 +48,10 @@ class LlavaConfig(LlamaConfig):
     tokenizer_model_max_length: int | None = None
     tokenizer_padding_side: str = "right"
     reduction: dict | None = None  # ReductionConfig.to_dict()
+    # Parallel vision decoupling: with late injection nothing needs the tower until layer inject_layer, so it runs
+    # beside the text-only shallow layers (a side CUDA stream) and joins at injection. "auto": on with a GPU and
+    # inject_layer > 1; "on"; "off". Never under DeepSpeed ZeRO-3 (see LlavaLlamaForCausalLM.vision_decoupled).
+    parallel_vision: str = "auto"
 
     @property
     def reduction_config(self) -> ReductionConfig:
@@ -173,12 +177,39 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         )
         return self.model.mm_projector(out.features), out.valid, (out.key if reduction.key_ratio > 0 else None)
 
+    def vision_decoupled(self, red: ReductionConfig) -> bool:
+        """Whether the vision stage runs beside the shallow text layers (see ``LlavaConfig.parallel_vision``)."""
+        mode = getattr(self.config, "parallel_vision", "auto")
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"parallel_vision must be 'auto', 'on' or 'off', got {mode!r}")
+        if mode == "off" or red.inject_layer <= 1:
+            return False
+        if any(hasattr(p, "ds_id") for p in self.model.vision_tower.parameters()):
+            # ZeRO-3 gathers the tower's weights in module hooks on its own streams and prefetches by the recorded
+            # module order; running the tower on a side stream could use weights before they arrive.
+            _log_once("parallel vision decoupling is off under DeepSpeed ZeRO-3 (its parameter gathering assumes one "
+                      "stream); the tower runs before the first layer")
+            return False
+        return mode == "on" or self.device.type == "cuda"
+
     def multimodal_batch(self, input_ids, attention_mask, images, labels, red: ReductionConfig):
-        """The multimodal batch of these inputs under schedule ``red`` (vision stage included)."""
-        vision, valid, key = self.encode_vision(images, input_ids.shape[0], red)
-        batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
+        """The multimodal batch of these inputs under schedule ``red`` (vision stage included).
+
+        Decoupled (``vision_decoupled``): the batch carries a placeholder of the vision shape and a ``vision_pending``
+        callable that the decoder calls at the injection layer. On a GPU the tower is launched now on a side stream
+        and the callable makes the main stream wait for it; on CPU it runs when called (the cores are shared anyway).
+        """
+        B = input_ids.shape[0]
+        if not self.vision_decoupled(red):
+            vision, valid, key = self.encode_vision(images, B, red)
+            batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
+                                           red.score_query)
+            batch.vision_valid, batch.vision_key = valid, key
+            return batch
+        layout = torch.empty(B, self.config.num_vision_tokens, 0, device=self.device, dtype=self.dtype)  # shape only
+        batch = split_multimodal_batch(input_ids, attention_mask, layout, self.model.embed_tokens, labels,
                                        red.score_query)
-        batch.vision_valid, batch.vision_key = valid, key
+        batch.vision_pending = _launch_vision(self, images, B, red)
         return batch
 
     def _reduction(self, reduction: ReductionConfig | None) -> ReductionConfig:
@@ -330,6 +361,35 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         out = self.forward(ids, mask, images=images, reduction=red, query_text_index=query[0], query_valid=query[1])
         last = _last_valid(out.token_valid)
         return out.logits[torch.arange(ids.shape[0]), last]
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.info(message)
+
+
+def _launch_vision(model: LlavaLlamaForCausalLM, images, batch_size: int, red: ReductionConfig):
+    """Starts the vision stage beside the text layers; returns the callable the decoder joins it with."""
+    if model.device.type != "cuda":
+        return lambda: model.encode_vision(images, batch_size, red)
+    main = torch.cuda.current_stream(model.device)
+    side = torch.cuda.Stream(device=model.device)
+    side.wait_stream(main)  # the images and weights are ready on the main stream
+    with torch.cuda.stream(side):
+        result = model.encode_vision(images, batch_size, red)
+
+    def join():
+        main.wait_stream(side)
+        for t in result:
+            if t is not None:
+                t.record_stream(main)  # the caching allocator must not reuse them while the main stream reads
+        return result
+
+    return join
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ where the vision span belongs in each row. Nothing is stored on a module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,15 @@ class MultimodalBatch:
     # Set by the caller when the vision stage decides per image (MustDrop's local merging and key set):
     vision_valid: torch.Tensor | None = None  # [B, N_v] bool: slot holds a token (merged-away slots do not)
     vision_key: torch.Tensor | None = None  # [B, N_v] bool: key tokens, never dropped by a later stage
+    # Parallel vision decoupling: returns (vision_embeds, vision_valid, vision_key) when the injection layer needs
+    # them; until then vision_embeds is a placeholder that only carries the shape.
+    vision_pending: Callable[[], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None = None
+
+    def resolve_vision(self) -> None:
+        """Joins a decoupled vision stage (no-op otherwise)."""
+        if self.vision_pending is not None:
+            self.vision_embeds, self.vision_valid, self.vision_key = self.vision_pending()
+            self.vision_pending = None
 
     @property
     def num_vision(self) -> int:

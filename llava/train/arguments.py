@@ -24,6 +24,11 @@ class ModelArguments:
     reduction: str = field(default="off", metadata={"help": "token-reduction preset: off, tok64, tok48, tok80, ..."})
     reduction_overrides: str = field(default="", metadata={"help": "space-separated key=value schedule overrides"})
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2"})
+    parallel_vision: str = field(
+        default="auto",
+        metadata={"help": "auto | on | off: run the vision tower beside the text-only shallow layers (late injection; "
+                          "a side CUDA stream on GPU; never under ZeRO-3)"},
+    )
 
 
 @dataclass

@@ -74,6 +74,9 @@ def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
     config.tokenizer_model_max_length = training_args.model_max_length
     config.tokenizer_padding_side = "right"
     config.use_cache = False
+    if model_args.parallel_vision not in ("auto", "on", "off"):
+        raise TrainingSetupError(f"--parallel_vision {model_args.parallel_vision!r}: expected auto, on or off")
+    config.parallel_vision = model_args.parallel_vision
     attn = model_args.attn_implementation or default_attn_implementation()
     # A finetuned LLaVA (ours or upstream's layout) continues with its own projector and tower; a plain LLM
     # (Vicuna) gets them from --vision_tower and --pretrain_mm_mlp_adapter. Both load strictly.

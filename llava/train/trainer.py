@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ class LLaVATrainer(Trainer):
         self.image_processor = image_processor
         self._vision_stats: dict[str, list[float]] = {}
         self._bad_samples: dict[int, str] = {}  # index -> reason, from the batches this rank trained on
+        self._last_log: tuple[float, int] | None = None  # (time, global step) of the previous log
 
     # ---------------------------------------------------------------- data order
     def _get_train_sampler(self, train_dataset=None):
@@ -149,6 +151,12 @@ class LLaVATrainer(Trainer):
                 "training stopped. Usual causes: a learning rate far too high or a reduction setting that "
                 "produced NaN scores"
             )
+        # Wall time per optimizer step since the previous log: what a user feels, and what the speed benchmark
+        # of the whole training step reads (benchmarks/bench_train_step.py).
+        now, step = time.perf_counter(), self.state.global_step
+        if self._last_log is not None and step > self._last_log[1]:
+            logs["step_seconds"] = round((now - self._last_log[0]) / (step - self._last_log[1]), 4)
+        self._last_log = (now, step)
         for k, v in self._vision_stats.items():
             if v:
                 logs[k] = round(sum(v) / len(v), 4)

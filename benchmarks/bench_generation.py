@@ -1,0 +1,119 @@
+"""Batched greedy generation, `off` against `tok64`, side by side: prefill time, decode tokens per second, the
+KV-cache bytes per sample against the schedule's ideal, and peak memory where the device reports it.
+
+    python benchmarks/bench_generation.py [--hidden 256 --text 100 --new 128 --batches 1,8 --reps 3 --device cpu|cuda]
+
+The model is the speed benchmark's 32-layer one (reduced width, 576 vision tokens, `bench_hidrop_step.build`).
+The ideal KV size of a schedule is sum over layers of (text + vision tokens present at that layer) key and value
+vectors; `off` keeps text + 576 at every layer, so tok64 with 100 text tokens needs about 24% of it. Decoding
+runs `max_new` cached steps with every layer attending to its own cache (prefill cost excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_hidrop_step import build
+from timing import interleaved, machine_line
+
+from llava.model import PRESETS
+from llava.model.decoder import decode_step, run_decoder
+
+
+def inputs(model, batch: int, text: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (batch, text + 1), generator=g)
+    ids[:, 35] = -200  # the image after a 35-token system prompt, as in vicuna_v1
+    images = torch.randn(batch, 3, 336, 336, generator=g)
+    return ids.to(device), torch.ones_like(ids).to(device), images.to(device, model.dtype)
+
+
+def prefill(model, ids, mask, images, red):
+    with torch.inference_mode():
+        batch = model.multimodal_batch(ids, mask, images, None, red)
+        out = run_decoder(model.model, batch, red, None, use_cache=True)
+        last = model.lm_head(out.hidden[:, -1]).argmax(-1)
+    return out.generation, last
+
+
+def decode(model, gen, token, steps: int) -> None:
+    with torch.inference_mode():
+        for _ in range(steps):
+            h = decode_step(model.model, model.model.embed_tokens(token).unsqueeze(1), gen)
+            token = model.lm_head(h[:, -1]).argmax(-1)
+
+
+def kv_bytes(gen) -> int:
+    """Bytes of every layer's keys and values (padding slots included: what the cache really holds)."""
+    total = 0
+    for layer in gen.cache.layers:
+        total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    return total
+
+
+def ideal_kv_bytes(model, red, text: int) -> float:
+    cfg = model.config
+    per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * model.dtype.itemsize  # keys + values
+    counts = red.counts_per_layer(cfg.num_hidden_layers, cfg.num_vision_tokens)
+    return sum(text + c for c in counts) * per_token
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=None, help="default hidden // 64 (7B: --hidden 4096 --heads 32)")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--text", type=int, default=100, help="prompt text tokens (the image adds 576)")
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    args = p.parse_args()
+    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    torch.manual_seed(0)
+    model = build(args).eval()
+    sync = args.device.startswith("cuda")
+    schedules = {"off": PRESETS["off"], "tok64": PRESETS["tok64"]}
+    print(f"machine: {machine_line(args.device)}; {args.reps} interleaved repetitions, median [min-max]")
+    print(f"model: 32 layers, hidden {args.hidden}; prompt {args.text} text + 576 vision tokens; {args.new} new tokens")
+    print("| batch | schedule | prefill | decode tok/s | KV per sample (MB) | KV vs ideal | KV vs off | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (int(b) for b in args.batches.split(",")):
+        for line in measure_batch(model, args, batch, schedules, sync):
+            print(line)
+
+
+def measure_batch(model, args, batch: int, schedules: dict, sync: bool) -> list[str]:
+    ids, mask, images = inputs(model, batch, args.text, args.device)
+    states = {name: prefill(model, ids, mask, images, red) for name, red in schedules.items()}
+    t_prefill = interleaved({n: (lambda r=r: prefill(model, ids, mask, images, r)) for n, r in schedules.items()},
+                            args.reps, sync)
+    # each repetition decodes from a fresh prefill's cache (decoding extends it in place)
+    fresh = {n: [prefill(model, ids, mask, images, r) for _ in range(args.reps + 1)] for n, r in schedules.items()}
+    t_decode = interleaved({n: (lambda n=n: decode(model, *fresh[n].pop(), args.new)) for n in schedules},
+                           args.reps, sync)
+    kv = {n: kv_bytes(states[n][0]) / batch for n in schedules}
+    lines = []
+    for name, red in schedules.items():
+        peak = "n/a on CPU"
+        if sync:
+            torch.cuda.reset_peak_memory_stats()
+            decode(model, *prefill(model, ids, mask, images, red), args.new)
+            peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MB"
+        ideal = ideal_kv_bytes(model, red, args.text + 1)
+        tps = batch * args.new / t_decode[name].median
+        lines.append(f"| {batch} | {name} | {t_prefill[name].fmt()} | {tps:.0f} | {kv[name] / 2**20:.2f} | "
+                     f"{kv[name] / ideal:.3f} | {kv[name] / kv['off']:.3f} | {peak} |")
+    tps = {n: batch * args.new / t_decode[n].median for n in schedules}
+    lines.append(f"RESULT | decode tokens/s, batch {batch} | {tps['off']:.0f} | {tps['tok64']:.0f} | "
+                 f"{tps['tok64'] / tps['off']:.2f}x | KV {kv['tok64'] / kv['off']:.3f} of off |")
+    lines.append(f"RESULT | generation prefill, batch {batch} | {t_prefill['off'].median * 1e3:.1f} ms | "
+                 f"{t_prefill['tok64'].median * 1e3:.1f} ms | {t_prefill['off'].median / t_prefill['tok64'].median:.2f}x | |")
+    return lines
+
+if __name__ == "__main__":
+    main()

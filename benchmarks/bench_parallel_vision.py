@@ -1,0 +1,82 @@
+"""Parallel vision decoupling: the step with the tower running beside the text-only shallow layers (a side CUDA
+stream, joined at the injection layer) against the plain order, side by side, with a CLIP-L-shaped tower.
+
+    python benchmarks/bench_parallel_vision.py [--hidden 256 --text 160 --batch 4 --reps 5 --device cuda --dtype bf16]
+
+On a GPU the tower's time can hide behind the shallow layers, up to the smaller of the two; on CPU both share the
+cores and the decoupled order only moves the tower to the injection layer, so expect no gain there. Prints both
+medians, the gain, and the tower's and the shallow layers' own times (the bound on the gain).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_hidrop_step import build
+from timing import interleaved, machine_line
+from transformers import CLIPVisionConfig
+
+from llava.model import PRESETS
+from llava.model.vision_tower import CLIPVisionTower
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--text", type=int, default=160)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--tower", default="24,1024,4096", help="CLIP layers,hidden,ffn (CLIP ViT-L/14-336 by default)")
+    p.add_argument("--train", action="store_true", help="time forward + backward instead of the forward")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    args = p.parse_args()
+    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    torch.manual_seed(0)
+    model = build(args)
+    layers, width, ffn = (int(x) for x in args.tower.split(","))
+    vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=width, intermediate_size=ffn,
+                              num_hidden_layers=layers, num_attention_heads=max(1, width // 64))
+    model.model.vision_tower = CLIPVisionTower(vision).to(args.device, args.dtype)
+    model.model.mm_projector = torch.nn.Sequential(torch.nn.Linear(width, args.hidden), torch.nn.GELU(),
+                                                   torch.nn.Linear(args.hidden, args.hidden)).to(args.device, args.dtype)
+    model.train(args.train)
+    red = PRESETS["tok64"]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, args.vocab, (args.batch, args.text + 1), generator=g)
+    ids[:, 35] = -200
+    ids, mask = ids.to(args.device), torch.ones_like(ids).to(args.device)
+    images = torch.randn(args.batch, 3, 336, 336, generator=g).to(args.device, args.dtype)
+    labels = ids.clone() if args.train else None
+
+    def step(mode: str):
+        model.config.parallel_vision = mode
+        with torch.set_grad_enabled(args.train):
+            out = model(ids, mask, labels=labels, images=images, reduction=red)
+            if args.train:
+                out.loss.backward()
+
+    def tower():
+        with torch.no_grad():
+            model.encode_images(images, args.batch)
+
+    sync = args.device.startswith("cuda")
+    t = interleaved({"plain": lambda: step("off"), "decoupled": lambda: step("on"), "tower": tower}, args.reps, sync)
+    print(f"machine: {machine_line(args.device)}; {args.reps} interleaved repetitions, median [min-max]")
+    print(f"tok64 (inject at 9); LLM 32 x {args.hidden}; tower {layers} x {width}; batch {args.batch}; "
+          f"{'train step' if args.train else 'forward'}")
+    gain = t["plain"].median - t["decoupled"].median
+    print(f"| plain | decoupled | gain | tower alone |\n|---|---|---|---|\n| {t['plain'].fmt()} | "
+          f"{t['decoupled'].fmt()} | {gain * 1e3:.1f} ms ({gain / t['plain'].median * 100:.1f}%) | {t['tower'].fmt()} |")
+    print(f"RESULT | parallel vision ({'train' if args.train else 'forward'}; tok64) | plain "
+          f"{t['plain'].median * 1e3:.1f} ms | decoupled {t['decoupled'].median * 1e3:.1f} ms | "
+          f"{t['plain'].median / t['decoupled'].median:.2f}x | tower {t['tower'].median * 1e3:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()

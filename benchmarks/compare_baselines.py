@@ -1,0 +1,166 @@
+"""Training-free side by side on the demo: off, FastV, PDrop, MustDrop and HiDrop at the same average tokens.
+
+    python benchmarks/compare_baselines.py --model-path checkpoints/reproduce/reproduce/off-s1 \
+        --data-root playground/demo/data/eval --output reports/baselines
+
+One plain-LLaVA demo checkpoint (the paper's training-free rows start from the released plain model), every
+method applied at inference with the demo's 8-layer, 64-token shape at HiDrop's demo budget (26 tokens per layer on
+average): GQA accuracy on the demo questions, the realised average vision tokens (counted in every prefill), and
+the prefill time of a fixed batch, with the methods' repetitions interleaved (A, B, C, ..., A, B, C, ...) so a
+change of machine load hits them alike. MustDrop's count depends on the image: its thresholds are scaled (in the
+released 64-token ratio) on the first ``--calibration`` questions until its realised average is the budget, and
+every method is then scored on the remaining questions only. Writes ``compare.json`` and ``compare.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from llava.eval.benchmarks import get_benchmark
+from llava.eval.run_benchmark import LlavaBackend
+from llava.eval.scorers.gqa import convert_prediction, score_gqa
+from llava.model.builder import load_pretrained_model
+from llava.model.reduction.config import PRESETS, ReductionConfig
+
+BUDGET = 26.0  # HiDrop's demo schedule `tiny`: (64 * 2 + 32 * 2 + 16) / 8
+METHODS: dict[str, ReductionConfig] = {
+    "off": PRESETS["off"],
+    "FastV (K=2)": ReductionConfig(name="fastv-demo", prune_layers=(2,), keep_counts=(13,), topk="hard",
+                                   score_layer="same"),
+    "PDrop (2,4,6)": ReductionConfig(name="pdrop-demo", prune_layers=(2, 4, 6), keep_counts=(26, 10, 4), topk="hard",
+                                     position_scheme="compacted"),
+    "HiDrop (tiny)": PRESETS["tiny"],
+}
+
+
+def mustdrop(scale: float) -> ReductionConfig:
+    """MustDrop on the 8-layer demo: it filters four times in the first half of the network (after layers 3, 7, 11
+    and 15 of 32); on 8 layers the four stages sit after layers 2, 3, 4 and 5. 2x2 merge windows on the 8x8 patch
+    grid; the released 64-token thresholds (0.011, 0.01) times ``scale``."""
+    return ReductionConfig(
+        name=f"mustdrop-demo-x{scale:.3g}", prune_layers=(2, 3, 4, 5), selection="dual_attention",
+        global_thr=min(1.0, 0.011 * scale), individual_thr=min(1.0, 0.01 * scale), score_layer="same",
+        score_query="all_text", position_scheme="compacted", local_merge=True, merge_threshold=0.8, merge_window=2,
+        key_ratio=0.08, kv_policy="final", topk="hard",
+    )
+
+
+def answer(backend: LlavaBackend, questions, images, red: ReductionConfig, batch_size: int) -> tuple[list[str], list[float]]:
+    """Greedy answers and each sample's realised average vision tokens under schedule ``red``."""
+    backend.model.set_reduction(red)
+    texts, averages = [], []
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        out, counts = backend.generate_with_stats([q.text for q in chunk], images[start : start + batch_size], 8)
+        texts += out
+        averages += [sum(c) / len(c) for c in counts]
+    return texts, averages
+
+
+def calibrate(backend, questions, images, batch_size: int, steps: int = 12) -> tuple[float, float]:
+    """The MustDrop threshold scale whose realised average on ``questions`` is closest to the budget (bisection on
+    log-scale: more scale drops more)."""
+    lo, hi = 0.01, 100.0
+    best = (1.0, float("inf"))
+    for _ in range(steps):
+        mid = (lo * hi) ** 0.5
+        _, averages = answer(backend, questions, images, mustdrop(mid), batch_size)
+        avg = statistics.fmean(averages)
+        if abs(avg - BUDGET) < abs(best[1] - BUDGET):
+            best = (mid, avg)
+        if avg > BUDGET:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def prefill_seconds(model, backend: LlavaBackend, questions, images, methods: dict[str, ReductionConfig],
+                    repeats: int) -> dict[str, list[float]]:
+    """Interleaved timing of one prefill (forward on the prompts) of a fixed batch, per method."""
+    ids, mask, pixels = backend.encode([q.text for q in questions], images)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    with torch.inference_mode():
+        for red in methods.values():  # warm-up
+            model(ids, mask, images=pixels, reduction=red)
+        for _ in range(repeats):
+            for name, red in methods.items():
+                start = time.perf_counter()
+                model(ids, mask, images=pixels, reduction=red)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--data-root", default="playground/demo/data/eval")
+    p.add_argument("--calibration", type=int, default=50)
+    p.add_argument("--limit", type=int, default=None, help="questions after the calibration ones (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--output", default="reports/baselines")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    gqa = os.path.join(args.data_root, "gqa")
+    adapter = get_benchmark("gqa")
+    questions = adapter.load_questions(os.path.join(gqa, "llava_gqa_testdev_balanced.jsonl"))
+    with open(os.path.join(gqa, "data", "testdev_balanced_questions.json"), encoding="utf-8") as f:
+        truth = json.load(f)
+    images = [adapter.load_image(q, os.path.join(gqa, "data", "images")) for q in questions]
+    calib_q, calib_i = questions[: args.calibration], images[: args.calibration]
+    test_q = questions[args.calibration :][: args.limit]
+    test_i = images[args.calibration :][: args.limit]
+    tokenizer, model, processor, _ = load_pretrained_model(args.model_path)
+    backend = LlavaBackend(model, tokenizer, processor)
+    scale, calib_avg = calibrate(backend, calib_q, calib_i, args.batch_size)
+    methods = {**METHODS, "MustDrop": mustdrop(scale)}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, red in tqdm(methods.items(), desc="methods"):
+        texts, averages = answer(backend, test_q, test_i, red, args.batch_size)
+        preds = {str(q.qid): convert_prediction(t) for q, t in zip(test_q, texts)}
+        score = score_gqa(preds, {k: truth[k] for k in preds})
+        rows[name] = {"schedule": red.to_dict(), "accuracy": score.score, "realised_avg_vision_tokens":
+                      statistics.fmean(averages)}
+    times = prefill_seconds(model, backend, test_q[: args.batch_size], test_i[: args.batch_size], methods, args.repeats)
+    for name in methods:
+        rows[name]["prefill_ms_median"] = 1000 * statistics.median(times[name])
+        rows[name]["prefill_ms_range"] = [1000 * min(times[name]), 1000 * max(times[name])]
+    os.makedirs(args.output, exist_ok=True)
+    meta = {"model_path": args.model_path, "questions": len(test_q), "calibration_questions": len(calib_q),
+            "mustdrop_threshold_scale": scale, "mustdrop_calibration_avg": calib_avg, "batch_size": args.batch_size,
+            "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with open(os.path.join(args.output, "compare.json"), "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    off_ms = rows["off"]["prefill_ms_median"]
+    lines = [
+        f"GQA-style demo questions {args.calibration}-{args.calibration + len(test_q) - 1} ({len(test_q)}), checkpoint "
+        f"`{args.model_path}`, {meta['date']}, batch {args.batch_size}, prefill timed {args.repeats}x interleaved "
+        f"on {meta['torch_threads']} threads.",
+        "",
+        "| method | GQA accuracy | realised avg vision tokens | prefill (ms, median) | vs off |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['accuracy']:.2f} | {r['realised_avg_vision_tokens']:.2f} | "
+                     f"{r['prefill_ms_median']:.1f} | {r['prefill_ms_median'] / off_ms:.2f} |")
+    lines += ["", f"MustDrop's threshold scale {scale:.3g} (x the released 64-token thresholds) gave "
+              f"{calib_avg:.2f} tokens on the calibration questions."]
+    with open(os.path.join(args.output, "compare.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

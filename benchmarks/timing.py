@@ -1,0 +1,53 @@
+"""Side-by-side timing for the benchmarks on a shared, noisy machine.
+
+The repetitions of the sides are interleaved (A, B, A, B, ...) after one warm-up each, so a change of load hits
+every side alike; each side reports its median and its spread (min to max). ``machine_line`` says where and when.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    low: float
+    high: float
+    samples: tuple[float, ...]
+
+    def fmt(self, scale: float = 1e3, unit: str = "ms") -> str:
+        return f"{self.median * scale:.1f} {unit} [{self.low * scale:.1f}-{self.high * scale:.1f}]"
+
+
+def interleaved(sides: dict[str, Callable[[], object]], reps: int, sync: bool = False) -> dict[str, Timing]:
+    """Times each callable ``reps`` times, the sides taking turns; one untimed warm-up call each first."""
+    for fn in sides.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(reps):
+        for name, fn in sides.items():
+            if sync:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                torch.cuda.synchronize()
+            samples[name].append(time.perf_counter() - start)
+    return {name: Timing(statistics.median(v), min(v), max(v), tuple(v)) for name, v in samples.items()}
+
+
+def machine_line(device: str) -> str:
+    """Where and when: for the README, next to the figures."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        where = f"{torch.cuda.get_device_name(0)}"
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"

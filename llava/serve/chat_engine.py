@@ -1,0 +1,343 @@
+"""The web demo's model side, without gradio: image checks, schedules, multi-turn prompts, streamed answers and the
+kept-token map of each answer.
+
+The page (``llava.serve.gradio_web_server``) only wires these to components. Everything a visitor can get wrong is
+raised as :class:`DemoInputError` with a message meant for the page; the prompt rules are the terminal chat's
+(``llava.serve.cli``): the first user turn carries ``<image>\\n``, the image counts as the model's number of
+vision tokens, a prompt without room for one new token is refused and forgotten, and a prompt with less room than
+the requested maximum gets its answer capped, with a note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from llava.analysis.common import CHECKPOINT_SCHEDULE
+from llava.analysis.kept_tokens import kept_map_png_bytes, kept_patch_masks, processed_image, stage_titles
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation, get_conv_template
+from llava.mm_utils import ImageLoadError, background_color, load_image, process_images, tokenizer_image_token
+from llava.model.reduction.config import PRESETS, ReductionConfig, ReductionConfigError, resolve_reduction
+from llava.serve.cli import prompt_token_count
+from llava.serve.streaming import Prefill, TokenStream
+
+if TYPE_CHECKING:
+    from llava.model.llava_llama import LlavaLlamaForCausalLM
+
+logger = logging.getLogger("llava.serve.chat_engine")
+
+# A 48-megapixel phone photo passes; decoding an image costs about 3 bytes a pixel before it is shrunk to the tower's
+# input, so the bound keeps one request to a few hundred MB. PIL itself refuses only past twice its own
+# MAX_IMAGE_PIXELS (about 179 million), as a decompression bomb.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+# Longer questions cannot fit any LLaVA context anyway; the bound only keeps the tokenizer from megabytes of text.
+MAX_QUESTION_CHARS = 20_000
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+class DemoInputError(ValueError):
+    """Input the demo cannot use; the message is shown on the page as it is."""
+
+
+def schedule_choices() -> list[str]:
+    """The picker's entries: the schedule the model was loaded with, then every preset."""
+    return [CHECKPOINT_SCHEDULE, *sorted(PRESETS)]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float  # 0: greedy
+    top_p: float  # 1: no nucleus cut
+    max_new_tokens: int
+    seed: int  # of the sampling generator; the `off` comparison reuses it
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+
+def parse_sampling(temperature: Any, top_p: Any, max_new_tokens: Any, seed: int | None = None) -> Sampling:
+    """Checks the sliders' values (an API caller can send anything); a new random seed unless one is given."""
+    try:
+        t, p, m = float(temperature), float(top_p), float(max_new_tokens)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"temperature, top-p and max new tokens must be numbers, got {temperature!r}, {top_p!r} "
+                             f"and {max_new_tokens!r}") from None
+    if not 0 <= t <= 5:  # also refuses NaN
+        raise DemoInputError(f"temperature must be between 0 (greedy) and 5, got {temperature}")
+    if not 0 < p <= 1:
+        raise DemoInputError(f"top-p must be in (0, 1], got {top_p}")
+    if not (m == int(m) and 1 <= m <= MAX_NEW_TOKENS_LIMIT):
+        raise DemoInputError(f"max new tokens must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+    return Sampling(t, p, int(m), random.SystemRandom().randrange(2**31) if seed is None else seed)
+
+
+@dataclass
+class Answer:
+    """One generated answer and what the page reports about it."""
+
+    text: str
+    schedule: ReductionConfig
+    prefill: Prefill
+    tokens: list[int]
+    decode_seconds: float
+    tokens_per_second: float | None
+    prompt_tokens: int  # the prompt as the model counts it (the image as its vision tokens)
+    max_new_tokens: int  # after capping to the context
+    sampling: Sampling
+
+
+@dataclass
+class ChatState:
+    """One visitor's conversation (kept in a ``gr.State``)."""
+
+    conv: Conversation
+    image_key: str | None = None  # content hash of the image the conversation is about
+    image_name: str = ""
+    pixels: torch.Tensor | None = None  # [1, 3, H, W] on the model's device
+    last: Answer | None = None  # the answer of the last turn (regenerate, the `off` comparison)
+    last_prompt: torch.Tensor | None = None  # [1, T] its prompt
+    last_question: str = ""
+
+    def history(self) -> list[tuple[str, str | None]]:
+        """(question, answer) pairs as typed, the image placeholder removed; answer None while being generated."""
+        pairs: list[tuple[str, str | None]] = []
+        msgs = self.conv.messages
+        for i in range(0, len(msgs) - 1, 2):
+            question = msgs[i][1] or ""
+            if i == 0:
+                question = question.removeprefix(DEFAULT_IMAGE_TOKEN + "\n")
+            pairs.append((question, msgs[i + 1][1]))
+        return pairs
+
+
+@dataclass
+class PendingTurn:
+    """A prompt ready to be answered."""
+
+    input_ids: torch.Tensor  # [1, T]
+    prompt_tokens: int
+    max_new_tokens: int
+    note: str | None = None  # e.g. the answer was capped to the room left in the context
+
+
+@dataclass
+class ChatEngine:
+    tokenizer: Any
+    model: LlavaLlamaForCausalLM
+    image_processor: Any
+    context_len: int
+    conv_mode: str = "vicuna_v1"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    loaded_schedule: ReductionConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaded_schedule = self.model.config.reduction_config
+        get_conv_template(self.conv_mode)  # an unknown template fails at start-up, not on the first question
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def num_vision_tokens(self) -> int:
+        return int(self.model.config.num_vision_tokens)
+
+    def new_state(self) -> ChatState:
+        return ChatState(conv=get_conv_template(self.conv_mode))
+
+    # ----------------------------------------------------------------------------------------------- inputs
+    def resolve_schedule(self, preset: Any, overrides: Any) -> ReductionConfig:
+        """The picker's schedule: a preset (or the loaded one) plus ``key=value`` overrides, validated for this model
+        with the scripts' own functions, so the messages are the scripts' messages."""
+        preset_name = "" if preset is None else str(preset).strip()
+        override_text = "" if overrides is None else str(overrides).strip()
+        try:
+            red = resolve_reduction(None if preset_name in ("", CHECKPOINT_SCHEDULE) else preset_name,
+                                    override_text or None, base=self.loaded_schedule)
+            return red.validate_for(self.num_layers, self.num_vision_tokens)
+        except ReductionConfigError as e:
+            raise DemoInputError(f"Invalid schedule: {e}") from None
+
+    def describe_schedule(self, red: ReductionConfig) -> str:
+        return red.describe(self.num_layers, self.num_vision_tokens)
+
+    @staticmethod
+    def image_key(path: str) -> str:
+        """Content hash of an uploaded file: the same picture again continues the conversation."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def read_image(self, path: str, display_name: str) -> torch.Tensor:
+        """Pixel values [1, 3, H, W] on the model's device of an uploaded file, or :class:`DemoInputError`."""
+        name = display_name or "the upload"
+        try:
+            # The header alone gives the size: a huge image is refused before any pixel is decoded.
+            with Image.open(path) as probe:
+                width, height = probe.size
+        except Image.DecompressionBombError:
+            raise DemoInputError(self._too_large(name, None)) from None
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            logger.info("refused upload %r: %s: %s", name, type(e).__name__, e)
+            raise DemoInputError(f"{name!r} is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP, TIFF, "
+                                 "...). Upload a picture file.") from None
+        if width * height > self.max_image_pixels:
+            raise DemoInputError(self._too_large(name, (width, height)))
+        try:
+            image = load_image(path, background=background_color(self.image_processor))
+        except ImageLoadError as e:
+            logger.info("refused upload %r: %s", name, e)
+            reason = {"empty": "it has no pixels", "too_large": "it is too large to decode safely"}.get(
+                e.problem, "it is unreadable or corrupt")
+            raise DemoInputError(f"{name!r} cannot be used: {reason}. Upload another picture.") from None
+        pixels = process_images([image], self.image_processor, self.model.config.image_aspect_ratio)
+        p = next(self.model.parameters())
+        return pixels.to(p.device, p.dtype)
+
+    def _too_large(self, name: str, size: tuple[int, int] | None) -> str:
+        what = "is too large" if size is None else f"is {size[0]} x {size[1]} = {size[0] * size[1] / 1e6:.1f} megapixels"
+        return (f"{name!r} {what}; this demo takes images up to {self.max_image_pixels / 1e6:.0f} megapixels "
+                "(--max-image-pixels). Downscale it and upload it again.")
+
+    @staticmethod
+    def check_question(text: Any) -> str:
+        question = "" if text is None else str(text)
+        if not question.strip():
+            raise DemoInputError("Type a question about the image first.")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise DemoInputError(f"The question is {len(question)} characters long; this demo takes at most "
+                                 f"{MAX_QUESTION_CHARS}.")
+        return question
+
+    # ----------------------------------------------------------------------------------------------- turns
+    def begin_turn(self, state: ChatState, question: str, sampling: Sampling) -> PendingTurn:
+        """Appends the question (the first one carries the image) and checks it fits, as the terminal chat does.
+
+        A prompt without room for one new token is refused with :class:`DemoInputError` and the turn is forgotten.
+        """
+        conv = state.conv
+        first = not conv.messages
+        conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + question if first else question)
+        conv.append_message(conv.roles[1], None)
+        try:
+            return self._pending(state, sampling)
+        except DemoInputError:
+            del conv.messages[-2:]
+            raise
+
+    def reopen_last_turn(self, state: ChatState, sampling: Sampling) -> PendingTurn:
+        """Forgets the last answer so that it can be generated again (regenerate)."""
+        conv = state.conv
+        if state.last is None or len(conv.messages) < 2 or conv.messages[-1][1] is None:
+            raise DemoInputError("There is no answer to regenerate yet: ask a question first.")
+        conv.messages[-1] = (conv.roles[1], None)
+        return self._pending(state, sampling)
+
+    def _pending(self, state: ChatState, sampling: Sampling) -> PendingTurn:
+        ids = tokenizer_image_token(state.conv.get_prompt(), self.tokenizer, return_tensors="pt")
+        needed = prompt_token_count(ids, self.num_vision_tokens)
+        room = self.context_len - needed
+        if room < 1:
+            raise DemoInputError(
+                f"The prompt would be {needed} tokens (the conversation so far plus this question; the image counts "
+                f"as {self.num_vision_tokens}) but the model's context length is {self.context_len}; nothing was "
+                "generated. Ask a shorter question, or press Clear to start a new conversation.")
+        note = None
+        max_new = sampling.max_new_tokens
+        if max_new > room:
+            note = (f"The prompt is {needed} tokens, so only {room} of the {self.context_len}-token context are left: "
+                    f"the answer is capped at {room} new tokens (max new tokens {max_new}).")
+            max_new = room
+        device = next(self.model.parameters()).device
+        return PendingTurn(ids.unsqueeze(0).to(device), needed, max_new, note)
+
+    def stream(self, pixels: torch.Tensor, turn: PendingTurn, schedule: ReductionConfig,
+               sampling: Sampling) -> TokenStream:
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.do_sample else None
+        return TokenStream(self.model, turn.input_ids, pixels, schedule, turn.max_new_tokens,
+                           do_sample=sampling.do_sample, temperature=sampling.temperature,
+                           top_p=sampling.top_p if sampling.top_p < 1 else None,
+                           eos_token_id=self.tokenizer.eos_token_id, generator=generator)
+
+    def decode(self, tokens: list[int]) -> str:
+        """The answer text, as the terminal chat prints it."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def answer_stream(self, pixels: torch.Tensor, turn: PendingTurn, schedule: ReductionConfig,
+                      sampling: Sampling) -> Iterator[str | Answer]:
+        """Yields the answer text so far after each token, then the finished :class:`Answer`."""
+        stream = self.stream(pixels, turn, schedule, sampling)
+        for _ in stream:
+            # A token can end inside a multi-byte character: hold the replacement mark back until it completes.
+            yield self.decode(stream.tokens).rstrip("\ufffd")
+        assert stream.prefill is not None
+        yield Answer(self.decode(stream.tokens), schedule, stream.prefill, list(stream.tokens), stream.decode_seconds,
+                     stream.tokens_per_second, turn.prompt_tokens, turn.max_new_tokens, sampling)
+
+    @staticmethod
+    def finish_turn(state: ChatState, turn: PendingTurn, answer: Answer, question: str) -> None:
+        state.conv.messages[-1] = (state.conv.roles[1], answer.text)  # context for the next turn
+        state.last, state.last_prompt, state.last_question = answer, turn.input_ids, question
+
+    # ----------------------------------------------------------------------------------------------- reports
+    def kept_map(self, pixels: torch.Tensor, answer: Answer) -> Image.Image:
+        """The kept-token map of the answer's own prefill, drawn by ``llava.analysis.kept_tokens``."""
+        N = self.num_vision_tokens
+        stages = answer.prefill.stages
+        suptitle = (f"schedule '{answer.schedule.name}': realised average {answer.prefill.realised_avg_vision_tokens:.2f}"
+                    f" of {N} vision tokens per layer")
+        png = kept_map_png_bytes(processed_image(pixels[0], self.image_processor), kept_patch_masks(stages, N),
+                                 stage_titles(stages, N), suptitle=suptitle)
+        with Image.open(io.BytesIO(png)) as img:
+            return img.convert("RGB")
+
+    def stats_markdown(self, answer: Answer, note: str | None = None) -> str:
+        N, L = self.num_vision_tokens, self.num_layers
+        pf = answer.prefill
+        kept = ", ".join(f"{len(idx)} after layer {st.layer}" for st, idx in
+                         zip(pf.stages, _kept_counts(pf.stages, N))) or "none pruned"
+        rate = "n/a (fewer than 2 tokens)" if answer.tokens_per_second is None else f"{answer.tokens_per_second:.1f}"
+        sampling = ("greedy" if not answer.sampling.do_sample else
+                    f"temperature {answer.sampling.temperature:g}, top-p {answer.sampling.top_p:g}, "
+                    f"seed {answer.sampling.seed}")
+        lines = [
+            f"**Schedule** `{answer.schedule.name}`",
+            f"- average vision tokens per layer (realised): **{pf.realised_avg_vision_tokens:.2f}** of {N} "
+            f"over {L} layers; kept: {kept}",
+            f"- prefill: **{pf.seconds * 1000:.1f} ms** for a {answer.prompt_tokens}-token prompt (the image counted "
+            f"as {N})",
+            f"- decoding: **{rate} tokens/s** ({len(answer.tokens)} new tokens, {sampling})",
+        ]
+        if note:
+            lines.append(f"- note: {note}")
+        return "\n".join(lines)
+
+
+def _kept_counts(stages: list[Any], num_vision_tokens: int) -> list[list[int]]:
+    masks = kept_patch_masks(stages, num_vision_tokens)
+    return [torch.nonzero(m).flatten().tolist() for m in masks]
+
+
+__all__ = [
+    "Answer",
+    "ChatEngine",
+    "ChatState",
+    "DemoInputError",
+    "PendingTurn",
+    "Sampling",
+    "parse_sampling",
+    "schedule_choices",
+]

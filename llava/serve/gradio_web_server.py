@@ -1,0 +1,392 @@
+"""A web page that chats about an image and shows which vision tokens HiDrop kept for each answer.
+
+    pip install -e ".[serve]"   # gradio, see docs/Serving.md
+    python -m llava.serve.gradio_web_server --model-path ./checkpoints/demo-tiny [--reduction tok64] \\
+        [--reduction-override "exit_layer=24 topk=hard"] [--host 127.0.0.1] [--port 7860]
+
+One process serves one model (no controller or worker, unlike upstream LLaVA's three-process setup). The page
+works as upstream's does: upload an image, ask, get the answer streamed, ask follow-ups, regenerate the last
+answer, clear, and change temperature, top-p and the maximum number of new tokens. On top of that:
+
+- a schedule picker: the loaded schedule or any preset, plus single-field ``key=value`` overrides, validated
+  with the evaluation scripts' own functions (so with their messages); each answer uses the schedule picked when
+  it was asked, and the whole conversation is prefilled again under it;
+- after each answer, the kept-token map of that answer's own prefill (one panel per prune stage, drawn by
+  ``llava.analysis.kept_tokens``), the realised average vision tokens per layer, the prefill time and the
+  decoding speed;
+- "Same answer under off": the last prompt answered again by plain LLaVA (every vision token, every layer),
+  side by side with the schedule's answer, with the same sampling seed.
+
+Answers are streamed token by token (``llava.serve.streaming.TokenStream``, the same computation as
+``model.generate``). Input the model cannot use (a file that is not an image, an image over
+``--max-image-pixels``, an empty question, a prompt past the context length, an invalid schedule) gets a
+message on the page and changes nothing; unexpected failures are logged with their traceback on the server and
+reported on the page in one line. Model events run one at a time (one model, one device); other visitors queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+# Set before gradio is imported: a demo runs offline and tells nobody who visits it.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import torch  # noqa: E402
+
+from llava.analysis.common import CHECKPOINT_SCHEDULE  # noqa: E402
+from llava.mm_utils import ImageLoadError  # noqa: E402
+from llava.model.builder import CheckpointError, load_pretrained_model  # noqa: E402
+from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides  # noqa: E402
+from llava.serve.chat_engine import (  # noqa: E402
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Answer,
+    ChatEngine,
+    ChatState,
+    DemoInputError,
+    PendingTurn,
+    parse_sampling,
+    schedule_choices,
+)
+from llava.serve.cli import split_override_args  # noqa: E402
+
+logger = logging.getLogger("llava.serve.gradio_web_server")
+
+STREAM_INTERVAL_S = 0.05  # at most 20 page updates a second while an answer streams
+DEFAULT_MAX_UPLOAD_MB = 50
+
+CSS = """
+#kept_map img { object-fit: contain; }
+#notice p { color: var(--error-text-color); font-weight: 600; }
+"""
+
+
+# --------------------------------------------------------------------------------------------------- page helpers
+def chat_messages(state: ChatState | None, pending: str | None = None) -> list[dict[str, str]]:
+    """The conversation as gr.Chatbot messages; ``pending`` is the answer being streamed."""
+    messages: list[dict[str, str]] = []
+    for question, answer in state.history() if state is not None else []:
+        messages.append({"role": "user", "content": question})
+        text = answer if answer is not None else pending
+        if text is not None:
+            messages.append({"role": "assistant", "content": text or "…"})
+    return messages
+
+
+def warning(message: str) -> str:
+    return f"⚠️ {message}"
+
+
+def upload_path(image: Any) -> tuple[str | None, str]:
+    """(server path, name the visitor gave it) of the Image component's raw value (events run unpreprocessed)."""
+    if image is None:
+        return None, ""
+    if isinstance(image, dict):
+        path, name = image.get("path"), image.get("orig_name") or ""
+    else:
+        path, name = getattr(image, "path", None), getattr(image, "orig_name", None) or ""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise DemoInputError("The upload did not arrive; upload the image again.")
+    return path, name or os.path.basename(path)
+
+
+def answer_markdown(title: str, answer: Answer | None, text: str, engine: ChatEngine) -> str:
+    body = text.strip() or "…"
+    if answer is None:
+        return f"### {title}\n\n{body}"
+    return f"### {title}\n\n{body}\n\n{engine.stats_markdown(answer)}"
+
+
+def _internal_error(what: str, err: BaseException) -> str:
+    logger.exception("%s failed", what)
+    return warning(f"Internal error while {what} ({type(err).__name__}: {err}); details are in the server log.")
+
+
+# --------------------------------------------------------------------------------------------------- handlers
+class DemoHandlers:
+    """The page's event handlers; each returns or yields values for its event's outputs, in order."""
+
+    def __init__(self, engine: ChatEngine, skip: Callable[[], Any]) -> None:
+        self.engine = engine
+        self.skip = skip  # gr.skip: leaves an output as it is
+
+    # outputs: state, chatbot, textbox, kept_map, stats, notice, compare_left, compare_right
+    def chat(self, state: ChatState | None, question: Any, image: Any, preset: Any, overrides: Any,
+             temperature: Any, top_p: Any, max_new_tokens: Any) -> Iterator[tuple[Any, ...]]:
+        eng, skip = self.engine, self.skip
+        notes: list[str] = []
+        try:
+            text = eng.check_question(question)
+            sampling = parse_sampling(temperature, top_p, max_new_tokens)
+            schedule = eng.resolve_schedule(preset, overrides)
+            path, name = upload_path(image)
+            if path is not None:
+                key = eng.image_key(path)
+                if state is None or key != state.image_key:
+                    pixels = eng.read_image(path, name)
+                    if state is not None and state.conv.messages:
+                        notes.append("A new image: the conversation started over.")
+                    state = eng.new_state()
+                    state.image_key, state.image_name, state.pixels = key, name, pixels
+            elif state is None or state.pixels is None:
+                raise DemoInputError("Upload an image first.")
+            turn = eng.begin_turn(state, text, sampling)
+        except DemoInputError as e:
+            yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
+            return
+        except Exception as e:  # never a traceback on the page
+            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("reading the input", e),
+                   skip(), skip())
+            return
+        yield from self._answer(state, turn, text, schedule, sampling, notes, clear_textbox=True)
+
+    def regenerate(self, state: ChatState | None, preset: Any, overrides: Any, temperature: Any, top_p: Any,
+                   max_new_tokens: Any) -> Iterator[tuple[Any, ...]]:
+        eng, skip = self.engine, self.skip
+        try:
+            if state is None:
+                raise DemoInputError("There is no answer to regenerate yet: ask a question first.")
+            sampling = parse_sampling(temperature, top_p, max_new_tokens)
+            schedule = eng.resolve_schedule(preset, overrides)
+            turn = eng.reopen_last_turn(state, sampling)
+        except DemoInputError as e:
+            yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
+            return
+        yield from self._answer(state, turn, state.last_question, schedule, sampling, [], clear_textbox=False)
+
+    def _answer(self, state: ChatState, turn: PendingTurn, question: str, schedule: ReductionConfig, sampling: Any,
+                notes: list[str], clear_textbox: bool) -> Iterator[tuple[Any, ...]]:
+        eng, skip = self.engine, self.skip
+        textbox = "" if clear_textbox else skip()
+        assert state.pixels is not None
+        yield (state, chat_messages(state, ""), textbox, skip(), skip(), "", "", "")
+        answer: Answer | None = None
+        last_yield = 0.0
+        try:
+            for item in eng.answer_stream(state.pixels, turn, schedule, sampling):
+                if isinstance(item, Answer):
+                    answer = item
+                elif time.monotonic() - last_yield >= STREAM_INTERVAL_S:
+                    last_yield = time.monotonic()
+                    yield (state, chat_messages(state, item), skip(), skip(), skip(), skip(), skip(), skip())
+            assert answer is not None
+            eng.finish_turn(state, turn, answer, question)
+            kept_map = eng.kept_map(state.pixels, answer)
+        except Exception as e:  # the turn is forgotten, so that the visitor can try again
+            del state.conv.messages[-2:]
+            state.last = None
+            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("answering", e), skip(),
+                   skip())
+            return
+        if turn.note:
+            notes.append(turn.note)
+        logger.info("answered %d tokens under '%s': prefill %.3f s, realised %.2f vision tokens per layer",
+                    len(answer.tokens), schedule.name, answer.prefill.seconds,
+                    answer.prefill.realised_avg_vision_tokens)
+        notice = "\n\n".join(f"ℹ️ {n}" for n in notes)
+        yield (state, chat_messages(state), skip(), kept_map, eng.stats_markdown(answer), notice, "", "")
+
+    # outputs: compare_left, compare_right, notice
+    def compare_off(self, state: ChatState | None) -> Iterator[tuple[str, str, str]]:
+        eng, skip = self.engine, self.skip
+        if state is None or state.last is None or state.last_prompt is None or state.pixels is None:
+            yield (skip(), skip(), warning("Ask a question first: the comparison answers the last question again "
+                                           "under off."))
+            return
+        last = state.last
+        off = eng.resolve_schedule("off", "")
+        left = answer_markdown(f"schedule `{last.schedule.name}`", last, last.text, eng)
+        turn = PendingTurn(state.last_prompt, last.prompt_tokens, last.max_new_tokens)
+        title = "`off` (plain LLaVA: every vision token in every layer)"
+        yield (left, answer_markdown(title, None, "", eng), "")
+        answer: Answer | None = None
+        last_yield = 0.0
+        try:
+            for item in eng.answer_stream(state.pixels, turn, off, last.sampling):
+                if isinstance(item, Answer):
+                    answer = item
+                elif time.monotonic() - last_yield >= STREAM_INTERVAL_S:
+                    last_yield = time.monotonic()
+                    yield (skip(), answer_markdown(title, None, item, eng), skip())
+        except Exception as e:
+            yield (skip(), skip(), _internal_error("answering under off", e))
+            return
+        assert answer is not None
+        right = answer_markdown(title, answer, answer.text, eng)
+        same = "the same answer" if answer.text == last.text else "different answers"
+        yield (left, right, f"ℹ️ Prefill {last.prefill.seconds * 1000:.1f} ms under `{last.schedule.name}`, "
+                            f"{answer.prefill.seconds * 1000:.1f} ms under `off`; {same}.")
+
+    # outputs: state, chatbot, textbox, image, kept_map, stats, notice, compare_left, compare_right
+    def clear(self) -> tuple[Any, ...]:
+        return (None, [], "", None, None, "", "", "", "")
+
+    # output: schedule_info
+    def check_schedule(self, preset: Any, overrides: Any) -> str:
+        try:
+            return self.engine.describe_schedule(self.engine.resolve_schedule(preset, overrides))
+        except DemoInputError as e:
+            return warning(str(e))
+
+
+# --------------------------------------------------------------------------------------------------- page
+def build_demo(engine: ChatEngine, model_name: str) -> Any:
+    """The gr.Blocks page (not launched)."""
+    import gradio as gr
+
+    h = DemoHandlers(engine, gr.skip)
+    loaded = engine.loaded_schedule
+    with gr.Blocks(title="HiDrop-LLaVA", analytics_enabled=False) as demo:
+        state = gr.State(None)
+        gr.Markdown(
+            f"## HiDrop-LLaVA: what the model keeps of your image\n"
+            f"Model `{model_name}` ({engine.num_layers} layers, {engine.num_vision_tokens} vision tokens per image), "
+            f"loaded schedule `{loaded.name}`. Upload an image and ask; after each answer the map shows which image "
+            "patches survived each prune stage (dropped ones greyed out)."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image",
+                                 height=260)
+                schedule = gr.Dropdown(choices=schedule_choices(), value=CHECKPOINT_SCHEDULE, label="Schedule",
+                                       info=f"'{CHECKPOINT_SCHEDULE}' = the loaded one ('{loaded.name}')",
+                                       elem_id="schedule")
+                overrides = gr.Textbox(label="Overrides", placeholder="key=value ..., e.g. exit_layer=24 topk=hard",
+                                       elem_id="overrides")
+                schedule_info = gr.Markdown(engine.describe_schedule(loaded), elem_id="schedule_info")
+                with gr.Accordion("Parameters", open=False):
+                    temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Temperature (0 = greedy)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top P")
+                    max_new_tokens = gr.Slider(1, 1024, value=512, step=1, label="Max new tokens")
+            with gr.Column(scale=7):
+                chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chatbot", buttons=["copy"],
+                                     feedback_options=None)
+                with gr.Row():
+                    textbox = gr.Textbox(show_label=False, placeholder="Ask about the image and press Enter",
+                                         container=False, scale=8, elem_id="question")
+                    send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
+                with gr.Row():
+                    regenerate = gr.Button("🔄 Regenerate", elem_id="regenerate")
+                    compare = gr.Button("⚖️ Same answer under off", elem_id="compare")
+                    clear = gr.Button("🗑️ Clear", elem_id="clear")
+                notice = gr.Markdown(elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=7):
+                kept_map = gr.Image(label="Kept vision tokens per prune stage (last answer)", type="pil",
+                                    format="png", interactive=False, elem_id="kept_map", height=330)
+            with gr.Column(scale=3):
+                stats = gr.Markdown(elem_id="stats")
+        with gr.Row():
+            compare_left = gr.Markdown(elem_id="compare_schedule")
+            compare_right = gr.Markdown(elem_id="compare_off")
+
+        answer_outputs = [state, chatbot, textbox, kept_map, stats, notice, compare_left, compare_right]
+        params = [schedule, overrides, temperature, top_p, max_new_tokens]
+        # preprocess=False: the handlers read the raw upload themselves, so that a file that is not an image, or a
+        # huge one, gets the demo's message instead of failing inside gradio's image decoding.
+        model_event = {"concurrency_id": "model", "concurrency_limit": 1, "preprocess": False}
+        chat_inputs = [state, textbox, image, *params]
+        send.click(h.chat, chat_inputs, answer_outputs, api_name="chat", **model_event)
+        textbox.submit(h.chat, chat_inputs, answer_outputs, api_visibility="private", **model_event)
+        regenerate.click(h.regenerate, [state, *params], answer_outputs, api_name="regenerate", **model_event)
+        compare.click(h.compare_off, [state], [compare_left, compare_right, notice], api_name="compare_off",
+                      **model_event)
+        clear.click(h.clear, None, [state, chatbot, textbox, image, kept_map, stats, notice, compare_left,
+                                    compare_right], api_name="clear", queue=False)
+        # The schedule line under the picker follows every change, before anything is asked.
+        schedule.change(h.check_schedule, [schedule, overrides], [schedule_info], api_name="check_schedule",
+                        preprocess=False, queue=False)
+        for event in (overrides.submit, overrides.blur):
+            event(h.check_schedule, [schedule, overrides], [schedule_info], api_visibility="private",
+                  preprocess=False, queue=False)
+    return demo
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.serve.gradio_web_server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-base", default=None, help="base LLM of a projector-only or LoRA checkpoint")
+    p.add_argument("--vision-tower-path", default=None,
+                   help="local CLIP directory replacing the tower the checkpoint names (a hub id, offline)")
+    p.add_argument("--reduction", default=None, help="preset replacing the checkpoint's schedule (the page's default)")
+    p.add_argument("--reduction-override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="schedule overrides: separate arguments, or several in one quoted argument")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
+                   help="auto: float16 on GPU, float32 on CPU")
+    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=_positive_int, default=7860)
+    p.add_argument("--root-path", default=None,
+                   help="the URL prefix when served behind a reverse proxy under a sub-path, e.g. /hidrop")
+    p.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="larger uploads are refused with a message (default %(default)s)")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="larger files are refused by the upload itself (default %(default)s)")
+    p.add_argument("--queue-size", type=_positive_int, default=64,
+                   help="visitors waiting for the model beyond this are turned away")
+    return p
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        name = "float16" if device.startswith("cuda") else "float32"  # upstream serves fp16 on GPU
+    return getattr(torch, name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print('error: gradio is not installed; install the serving extra (docs/Serving.md): pip install -e ".[serve]"',
+              file=sys.stderr)
+        return 2
+    try:
+        # Schedule checked before the (slow) model load, so a typo fails at once, as in the terminal chat.
+        overrides = parse_overrides(split_override_args(args.reduction_override))
+        if args.reduction:
+            ReductionConfig.from_preset(args.reduction)
+        try:
+            tokenizer, model, processor, context_len = load_pretrained_model(
+                args.model_path, args.model_base, device=args.device, torch_dtype=_dtype(args.dtype, args.device),
+                reduction=args.reduction, reduction_overrides=overrides or None,
+                vision_tower_path=args.vision_tower_path,
+            )
+        except OSError as e:  # unreadable config/weights/tokenizer files inside an existing directory
+            raise CheckpointError(f"cannot load the model from {args.model_path}: {e}") from e
+        engine = ChatEngine(tokenizer, model, processor, int(context_len), conv_mode=args.conv_mode,
+                            max_image_pixels=args.max_image_pixels)
+    except (ImageLoadError, ReductionConfigError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = build_demo(engine, Path(args.model_path.rstrip("/")).name or args.model_path)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    logger.info("serving %s on http://%s:%d%s", args.model_path, args.host, args.port, args.root_path or "")
+    demo.launch(server_name=args.host, server_port=args.port, root_path=args.root_path, show_error=False,
+                max_file_size=f"{args.max_upload_mb}mb", ssr_mode=False, share=False, theme="default", css=CSS,
+                footer_links=["api", "gradio", "settings"], run_history=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

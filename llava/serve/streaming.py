@@ -1,0 +1,131 @@
+"""Token-by-token generation for the web demo: ``model.generate()`` for one prompt, one token at a time.
+
+``LlavaLlamaForCausalLM.generate`` returns the whole answer at once, so a page that wants to stream must decode
+itself. :class:`TokenStream` does so from the model's public pieces, in the order ``generate(use_cache=True)``
+uses them, with ``generate``'s own sampling function (``_next_token``) and last-token rule (``_last_valid``):
+
+1. prefill: ``model.multimodal_batch`` (vision tower, projector, splice) then
+   ``run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True)`` and ``lm_head`` on the last
+   valid position, exactly as ``generate`` does for a batch of one with an all-ones attention mask;
+2. each step: sample with ``_next_token(logits, do_sample, temperature, top_p, generator)``, stop after the EOS
+   token (it is part of the answer, as in ``generate``), else ``decode_step`` on its embedding and ``lm_head``.
+
+The only difference is that ``generate`` runs one last ``decode_step`` whose logits it never reads when it stops at
+``max_new_tokens``; skipping it changes no token. tests/test_web_demo.py checks token-by-token equality with
+``generate()`` (greedy and seeded sampling, several schedules, the realised vision counts too).
+
+The stream also keeps what the page shows after an answer and ``generate`` does not return: the prune decisions
+of the prefill (``StageRecord``s: the kept-token map is drawn from the very prefill that produced the answer), the
+prefill time and the decoding time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from llava.model.decoder import StageRecord, decode_step, run_decoder
+
+# generate()'s own helpers: sharing them (not copies) is what makes the stream provably the same computation.
+from llava.model.llava_llama import _last_valid, _next_token
+from llava.model.reduction.config import ReductionConfig
+
+if TYPE_CHECKING:
+    from llava.model.llava_llama import LlavaLlamaForCausalLM
+
+
+@dataclass
+class Prefill:
+    """What the prompt's prefill did."""
+
+    stages: list[StageRecord]  # one per prune stage: which vision tokens survived it
+    vision_counts: list[int]  # vision tokens present at the input of each layer 1..L
+    seconds: float  # vision tower + projector + every layer + the first logits
+
+    @property
+    def realised_avg_vision_tokens(self) -> float:
+        return sum(self.vision_counts) / len(self.vision_counts) if self.vision_counts else 0.0
+
+
+@dataclass
+class TokenStream:
+    """Iterate to get the new token ids of ``model.generate(input_ids, images=..., ...)`` one by one.
+
+    ``input_ids`` is one prompt ``[1, T]`` (no padding). After the iteration ``prefill``, ``tokens`` and
+    ``decode_seconds`` describe the answer. A stream runs once.
+    """
+
+    model: LlavaLlamaForCausalLM
+    input_ids: torch.Tensor  # [1, T]
+    images: torch.Tensor | None  # [1, 3, H, W] or None (text only)
+    reduction: ReductionConfig
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    eos_token_id: int | None = None
+    generator: torch.Generator | None = None
+    prefill: Prefill | None = None
+    tokens: list[int] = field(default_factory=list)
+    # Compute time of the decode steps (each ``decode_step`` + ``lm_head`` + sampling of the token it gives), i.e.
+    # of every token after the first; the prefill and the time the consumer spends between tokens are excluded.
+    decode_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.input_ids.dim() != 2 or self.input_ids.shape[0] != 1:
+            raise ValueError(f"TokenStream takes one prompt [1, T], got shape {tuple(self.input_ids.shape)}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decoding speed: the tokens after the first over their decode time (None below 2 tokens)."""
+        if len(self.tokens) < 2 or self.decode_seconds <= 0:
+            return None
+        return (len(self.tokens) - 1) / self.decode_seconds
+
+    def __iter__(self) -> Iterator[int]:
+        if self.prefill is not None:
+            raise RuntimeError("a TokenStream runs once; make a new one")
+        model = self.model
+        cfg = model.config
+        red = self.reduction.validate_for(cfg.num_hidden_layers, cfg.num_vision_tokens)  # as generate()'s _reduction
+        eos = cfg.eos_token_id if self.eos_token_id is None else self.eos_token_id
+        device = self.input_ids.device
+        with torch.no_grad():  # generate() is @torch.no_grad()
+            start = time.perf_counter()
+            mask = torch.ones_like(self.input_ids)  # generate(attention_mask=None) uses ones
+            batch = model.multimodal_batch(self.input_ids, mask, self.images, None, red)
+            out = run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True)
+            last = _last_valid(out.state.valid)  # [1]
+            logits = model.lm_head(out.hidden[torch.arange(1, device=out.hidden.device), last]).float()  # [1, V]
+            _synchronize(device)  # the timing must include the GPU's work, not just its launch
+            counts = out.vision_counts  # [1, L]
+            self.prefill = Prefill(
+                stages=out.stages,
+                vision_counts=[] if counts is None else [int(c) for c in counts[0].tolist()],
+                seconds=time.perf_counter() - start,
+            )
+            gen = out.generation
+            step_start = time.perf_counter()
+            for step in range(self.max_new_tokens):
+                nxt = _next_token(logits, self.do_sample, self.temperature, self.top_p, self.generator)  # [1]
+                token = int(nxt[0])  # host sync: the page needs the token now (and the timing the GPU's work)
+                if step > 0:
+                    self.decode_seconds += time.perf_counter() - step_start
+                self.tokens.append(token)
+                yield token  # the clock is stopped while the consumer holds the token
+                if (eos is not None and token == eos) or step + 1 == self.max_new_tokens:
+                    return
+                step_start = time.perf_counter()
+                h = decode_step(model.model, model.model.embed_tokens(nxt).unsqueeze(1), gen)
+                logits = model.lm_head(h[:, -1]).float()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
