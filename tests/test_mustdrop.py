@@ -209,3 +209,43 @@ def test_realised_tokens_through_the_eval_script(tiny_assets, tmp_path):
                               str(next((data / "results").rglob("gqa.json")))], capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr
     assert f"avg_vision_tokens={sum(expected) / 4:.2f}" in printed.stdout and "vision_tflops=" in printed.stdout
+
+
+@pytest.mark.parametrize("shape", [
+    # FastV as its authors run it: one cut after layer 2 by layer 2's own attention, persistent positions
+    {"prune_layers": (2,), "keep_counts": (7,), "topk": "hard", "score_layer": "same"},
+    # PDrop: cuts scored with the next stage's first layer, contiguous renumbering after every cut
+    {"prune_layers": (2, 4), "keep_counts": (16, 4), "topk": "hard", "position_scheme": "compacted"},
+], ids=["fastv", "pdrop"])
+@pytest.mark.parametrize("left_pad", [False, True])
+@pytest.mark.parametrize("labels", [True, False], ids=["trained", "training-free"])
+def test_fastv_and_pdrop_match_the_reference(shape, left_pad, labels):
+    from test_hidrop_forward import fast_text_logits
+
+    model = _model(8)
+    red = ReductionConfig(name="baseline", **shape)
+    batch = random_batch(model, [20, 14, 17], [3, None, 2], left_pad=left_pad, with_labels=labels, seed=8)
+    with torch.no_grad():
+        out = model(**batch, reduction=red)
+        keeps = [s.keep for s in out.stages]
+        ref, scores = reference_forward(model, batch, red, keeps)
+    fast = fast_text_logits(model, out)
+    for k in ref:
+        torch.testing.assert_close(fast[k], ref[k], atol=2e-5, rtol=1e-4)
+    for s, keep in enumerate(keeps):  # the kept tokens are the reference scores' top k
+        for b in (0, 2):
+            kept = set(keep[b].tolist())
+            worst = min(float(scores[s][b][i]) for i in kept)
+            best_dropped = max((float(scores[s][b][i]) for i in range(scores[s][b].numel()) if i not in kept),
+                               default=float("-inf"))
+            assert worst >= best_dropped - 1e-6
+
+
+@pytest.mark.parametrize("preset,tokens,tflops", [("fastv-paper", "306.00", "2.01"), ("pdrop-paper", "270.00", "1.78"),
+                                                  ("fastv-64", "64.12", "0.42"), ("pdrop-64", "64.06", "0.42")])
+def test_baseline_presets_accounting(preset, tokens, tflops, capsys):
+    from llava.eval.efficiency import main
+
+    assert main(["--llm", "vicuna-7b", "--schedule", preset]) == 0
+    out = capsys.readouterr().out
+    assert f"avg_vision_tokens={tokens}" in out and f"vision_tflops={tflops}" in out
