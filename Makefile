@@ -10,8 +10,9 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev,lmms]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,dev,lmms,serve]"
 	$(BIN)/pip install -q --no-deps lmms-eval==0.6.1
+	$(BIN)/pip install -q --no-deps gradio==6.31.0
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

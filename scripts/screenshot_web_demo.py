@@ -97,7 +97,7 @@ def start_server(model_path: str, extra: Sequence[str], timeout: float) -> tuple
 
 def take_screenshot(url: str, image: str, question: str, output: str, *, chromium: str, map_output: str | None = None,
                     width: int = 1280, height: int = 900, timeout: float = 180.0,
-                    temperature: float | None = None) -> dict[str, Any]:
+                    temperature: float | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
     """Drives the page through one answer and saves the screenshot(s); returns what the page showed."""
     try:
         from playwright.sync_api import Error as PlaywrightError
@@ -120,12 +120,14 @@ def take_screenshot(url: str, image: str, question: str, output: str, *, chromiu
                 page.wait_for_selector("#question textarea")
                 page.set_input_files("#image input[type=file]", image)
                 page.wait_for_selector("#image img")  # the upload's preview: the file has arrived
-                if temperature is not None:
-                    # The Parameters accordion is closed; open it and type into the slider's number box.
-                    page.get_by_text("Parameters").click()
-                    box = page.get_by_label("Temperature (0 = greedy)").first
-                    box.fill(str(temperature))
-                    box.press("Enter")
+                sliders = {"Temperature (0 = greedy)": temperature, "Max new tokens": max_new_tokens}
+                if any(v is not None for v in sliders.values()):
+                    page.get_by_text("Parameters").click()  # the accordion starts closed
+                for label, value in sliders.items():
+                    if value is not None:  # each slider has a number box with the same label
+                        box = page.get_by_label(label).first
+                        box.fill(str(value))
+                        box.press("Enter")
                 page.fill("#question textarea", question)
                 page.click("#send")
                 # Done when the statistics of this answer are on the page (they come with the map, last).
@@ -158,7 +160,13 @@ def take_screenshot(url: str, image: str, question: str, output: str, *, chromiu
                                                          "width": box["width"], "height": box["height"]},
                 }
             except PlaywrightError as e:
-                raise ScreenshotError(f"driving the page failed: {str(e).splitlines()[0]}") from e
+                failed = str(Path(output).with_suffix("")) + "-failed.png"
+                try:  # what the page showed when it went wrong is the first thing to look at
+                    page.screenshot(path=failed, full_page=True)
+                except PlaywrightError:
+                    failed = "(none)"
+                raise ScreenshotError(f"driving the page failed: {str(e).splitlines()[0]}; page at that moment: "
+                                      f"{failed}") from e
             finally:
                 ctx.close()
     finally:
@@ -178,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-output", default=None, help="PNG of the kept-token map element alone")
     p.add_argument("--chromium", default=None, help="Chromium binary (default: $CHROMIUM, /usr/bin/chromium)")
     p.add_argument("--temperature", type=float, default=None, help="set the page's temperature first (0 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="set the page's max new tokens first")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=900)
     p.add_argument("--timeout", type=float, default=180.0, help="seconds for the server start and for the answer")
@@ -199,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_for_http(url, args.timeout)
         result = take_screenshot(url, os.path.abspath(args.image), args.question, args.output, chromium=chromium,
                                  map_output=args.map_output, width=args.width, height=args.height,
-                                 timeout=args.timeout, temperature=args.temperature)
+                                 timeout=args.timeout, temperature=args.temperature,
+                                 max_new_tokens=args.max_new_tokens)
     except ScreenshotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

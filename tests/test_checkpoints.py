@@ -267,7 +267,7 @@ def test_cli_empty_message_exits_with_a_reason(cli_checkpoint, monkeypatch, caps
 
 
 def test_prompt_token_count_expands_the_image():
-    from llava.serve.cli import prompt_token_count, split_override_args
+    from llava.serve.common import prompt_token_count, split_override_args
 
     assert prompt_token_count(torch.tensor([1, 5, -200, 7]), 576) == 3 + 576
     assert prompt_token_count(torch.tensor([1, 5]), 576) == 2

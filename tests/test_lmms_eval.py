@@ -262,7 +262,7 @@ def _generation_scores(reference, text, image, tokens, monkeypatch) -> tuple[flo
     import llava.model.llava_llama as llava_llama
 
     model, forced, captured = reference.model, iter(tokens), []
-    monkeypatch.setattr(llava_llama, "_next_token", lambda logits, *a: torch.tensor([next(forced)]))
+    monkeypatch.setattr(llava_llama, "next_token", lambda logits, *a: torch.tensor([next(forced)]))
     hook = model.lm_head.register_forward_hook(
         lambda mod, inp, out: captured.append(out.detach().float().reshape(-1, out.shape[-1])[-1])
     )

@@ -315,14 +315,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             out = run_decoder(self.model, batch, red, None, use_cache=True, count_vision=return_vision_counts)
             counts = out.vision_counts
             gen = out.generation
-            last = _last_valid(out.state.valid)  # [B]
+            last = last_valid(out.state.valid)  # [B]
             logits = self.lm_head(out.hidden[torch.arange(B), last]).float()  # [B, V]
         else:
             ids, mask = input_ids, attention_mask
             query = self.prompt_query(input_ids, attention_mask, red)
             logits = self._last_logits(ids, mask, images, red, query)
         for _ in range(max_new_tokens):
-            nxt = _next_token(logits, do_sample, temperature, top_p, generator)  # [B]
+            nxt = next_token(logits, do_sample, temperature, top_p, generator)  # [B]
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
             new_tokens.append(nxt)
             if eos is not None:
@@ -359,7 +359,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
 
     def _last_logits(self, ids, mask, images, red, query) -> torch.Tensor:
         out = self.forward(ids, mask, images=images, reduction=red, query_text_index=query[0], query_valid=query[1])
-        last = _last_valid(out.token_valid)
+        last = last_valid(out.token_valid)
         return out.logits[torch.arange(ids.shape[0]), last]
 
 
@@ -399,7 +399,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
 
 
-def _last_valid(valid: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B]
+def last_valid(valid: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B]
     cols = torch.arange(1, valid.shape[1] + 1, device=valid.device).unsqueeze(0)
     return (valid.long() * cols).argmax(1)
 
@@ -411,7 +411,7 @@ def _check_left_padded(mask: torch.Tensor) -> None:
         raise ValueError("generate() needs left-padded batches (tokenizer.padding_side = 'left')")
 
 
-def _next_token(
+def next_token(
     logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     if not do_sample or temperature == 0:
@@ -429,4 +429,4 @@ def _next_token(
 AutoConfig.register(LlavaConfig.model_type, LlavaConfig)
 AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
 
-__all__ = ["LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss"]
+__all__ = ["LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss", "last_valid", "next_token"]

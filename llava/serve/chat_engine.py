@@ -10,11 +10,12 @@ the requested maximum gets its answer capped, with a note.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import ImageLoadError, background_color, load_image, process_images, tokenizer_image_token
 from llava.model.reduction.config import PRESETS, ReductionConfig, ReductionConfigError, resolve_reduction
-from llava.serve.cli import prompt_token_count
+from llava.serve.common import prompt_token_count
 from llava.serve.streaming import Prefill, TokenStream
 
 if TYPE_CHECKING:
@@ -103,10 +104,22 @@ class ChatState:
     conv: Conversation
     image_key: str | None = None  # content hash of the image the conversation is about
     image_name: str = ""
-    pixels: torch.Tensor | None = None  # [1, 3, H, W] on the model's device
+    # [1, 3, H, W] in the model's dtype, on the CPU: gradio keeps up to thousands of sessions, GPU memory is for the
+    # model (moved to the device for each answer).
+    pixels: torch.Tensor | None = None
     last: Answer | None = None  # the answer of the last turn (regenerate, the `off` comparison)
-    last_prompt: torch.Tensor | None = None  # [1, T] its prompt
+    last_prompt: torch.Tensor | None = None  # [1, T] its prompt (CPU)
     last_question: str = ""
+
+    def snapshot(self) -> ChatState:
+        """A copy to go back to if a turn does not complete (the tensors are shared: nothing changes them)."""
+        return dataclasses.replace(self, conv=self.conv.copy())
+
+    def restore(self, snap: ChatState) -> None:
+        """Back to ``snap``, in place: gradio holds this very object as the visitor's state."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(snap, f.name))
+        self.conv = snap.conv.copy()
 
     def history(self) -> list[tuple[str, str | None]]:
         """(question, answer) pairs as typed, the image placeholder removed; answer None while being generated."""
@@ -124,7 +137,7 @@ class ChatState:
 class PendingTurn:
     """A prompt ready to be answered."""
 
-    input_ids: torch.Tensor  # [1, T]
+    input_ids: torch.Tensor  # [1, T] (CPU)
     prompt_tokens: int
     max_new_tokens: int
     note: str | None = None  # e.g. the answer was capped to the room left in the context
@@ -181,7 +194,7 @@ class ChatEngine:
         return digest.hexdigest()
 
     def read_image(self, path: str, display_name: str) -> torch.Tensor:
-        """Pixel values [1, 3, H, W] on the model's device of an uploaded file, or :class:`DemoInputError`."""
+        """Pixel values [1, 3, H, W] (model dtype, CPU) of an uploaded file, or :class:`DemoInputError`."""
         name = display_name or "the upload"
         try:
             # The header alone gives the size: a huge image is refused before any pixel is decoded.
@@ -203,8 +216,7 @@ class ChatEngine:
                 e.problem, "it is unreadable or corrupt")
             raise DemoInputError(f"{name!r} cannot be used: {reason}. Upload another picture.") from None
         pixels = process_images([image], self.image_processor, self.model.config.image_aspect_ratio)
-        p = next(self.model.parameters())
-        return pixels.to(p.device, p.dtype)
+        return pixels.to(next(self.model.parameters()).dtype)
 
     def _too_large(self, name: str, size: tuple[int, int] | None) -> str:
         what = "is too large" if size is None else f"is {size[0]} x {size[1]} = {size[0] * size[1] / 1e6:.1f} megapixels"
@@ -260,14 +272,13 @@ class ChatEngine:
             note = (f"The prompt is {needed} tokens, so only {room} of the {self.context_len}-token context are left: "
                     f"the answer is capped at {room} new tokens (max new tokens {max_new}).")
             max_new = room
-        device = next(self.model.parameters()).device
-        return PendingTurn(ids.unsqueeze(0).to(device), needed, max_new, note)
+        return PendingTurn(ids.unsqueeze(0), needed, max_new, note)
 
     def stream(self, pixels: torch.Tensor, turn: PendingTurn, schedule: ReductionConfig,
                sampling: Sampling) -> TokenStream:
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.do_sample else None
-        return TokenStream(self.model, turn.input_ids, pixels, schedule, turn.max_new_tokens,
+        return TokenStream(self.model, turn.input_ids.to(device), pixels.to(device), schedule, turn.max_new_tokens,
                            do_sample=sampling.do_sample, temperature=sampling.temperature,
                            top_p=sampling.top_p if sampling.top_p < 1 else None,
                            eos_token_id=self.tokenizer.eos_token_id, generator=generator)
@@ -304,7 +315,7 @@ class ChatEngine:
         with Image.open(io.BytesIO(png)) as img:
             return img.convert("RGB")
 
-    def stats_markdown(self, answer: Answer, note: str | None = None) -> str:
+    def stats_markdown(self, answer: Answer, notes: Sequence[str] = ()) -> str:
         N, L = self.num_vision_tokens, self.num_layers
         pf = answer.prefill
         kept = ", ".join(f"{len(idx)} after layer {st.layer}" for st, idx in
@@ -321,8 +332,7 @@ class ChatEngine:
             f"as {N})",
             f"- decoding: **{rate} tokens/s** ({len(answer.tokens)} new tokens, {sampling})",
         ]
-        if note:
-            lines.append(f"- note: {note}")
+        lines.extend(f"- note: {n}" for n in notes)
         return "\n".join(lines)
 
 

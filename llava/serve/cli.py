@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
 from llava.mm_utils import (
     DEFAULT_BACKGROUND,
@@ -33,26 +33,7 @@ from llava.mm_utils import (
 )
 from llava.model.builder import CheckpointError, load_pretrained_model
 from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+from llava.serve.common import non_negative_float, positive_int, prompt_token_count, split_override_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,23 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--conv-mode", default="vicuna_v1")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.2, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=512)
+    p.add_argument("--temperature", type=non_negative_float, default=0.2, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=512)
     p.add_argument("--reduction", default=None, help="preset replacing the checkpoint's schedule")
     p.add_argument("--reduction-override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="schedule overrides: separate arguments, or several in one quoted argument")
     return p
-
-
-def split_override_args(values: Sequence[str] | None) -> list[str]:
-    """Flatten ``--reduction-override`` values: each may hold several space-separated ``key=value`` pairs."""
-    return [item for value in values or [] for item in value.split()]
-
-
-def prompt_token_count(input_ids: torch.Tensor, num_vision_tokens: int) -> int:
-    """Tokens the model sees for ``input_ids`` ``[T]``: each image placeholder expands to the vision tokens."""
-    images = int((input_ids == IMAGE_TOKEN_INDEX).sum())
-    return input_ids.numel() - images + images * num_vision_tokens
 
 
 def _error(message: str) -> int:

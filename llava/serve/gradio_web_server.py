@@ -35,16 +35,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-# Set before gradio is imported: a demo runs offline and tells nobody who visits it.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import torch
 
-import torch  # noqa: E402
-
-from llava.analysis.common import CHECKPOINT_SCHEDULE  # noqa: E402
-from llava.mm_utils import ImageLoadError  # noqa: E402
-from llava.model.builder import CheckpointError, load_pretrained_model  # noqa: E402
-from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides  # noqa: E402
-from llava.serve.chat_engine import (  # noqa: E402
+from llava.analysis.common import CHECKPOINT_SCHEDULE
+from llava.mm_utils import ImageLoadError
+from llava.model.builder import CheckpointError, load_pretrained_model
+from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides
+from llava.serve.chat_engine import (
     DEFAULT_MAX_IMAGE_PIXELS,
     Answer,
     ChatEngine,
@@ -54,11 +51,14 @@ from llava.serve.chat_engine import (  # noqa: E402
     parse_sampling,
     schedule_choices,
 )
-from llava.serve.cli import split_override_args  # noqa: E402
+from llava.serve.common import non_negative_float, positive_int, split_override_args
 
 logger = logging.getLogger("llava.serve.gradio_web_server")
 
-STREAM_INTERVAL_S = 0.05  # at most 20 page updates a second while an answer streams
+# gradio is imported lazily (build_demo, main), after this: a demo runs offline and tells nobody who visits it.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DEFAULT_STREAM_INTERVAL_S = 0.05  # at most 20 page updates a second while an answer streams
 DEFAULT_MAX_UPLOAD_MB = 50
 
 CSS = """
@@ -73,14 +73,16 @@ def chat_messages(state: ChatState | None, pending: str | None = None) -> list[d
     messages: list[dict[str, str]] = []
     for question, answer in state.history() if state is not None else []:
         messages.append({"role": "user", "content": question})
-        text = answer if answer is not None else pending
-        if text is not None:
-            messages.append({"role": "assistant", "content": text or "…"})
+        if answer is not None:  # an empty bubble would look like a page that hangs
+            messages.append({"role": "assistant", "content": answer or "(empty answer: the model stopped at once)"})
+        elif pending is not None:
+            messages.append({"role": "assistant", "content": pending or "…"})
     return messages
 
 
 def warning(message: str) -> str:
-    return f"⚠️ {message}"
+    # U+26A0 without the emoji selector: every font has it, so headless browsers without emoji fonts show it too.
+    return f"⚠ {message}"
 
 
 def upload_path(image: Any) -> tuple[str | None, str]:
@@ -112,9 +114,11 @@ def _internal_error(what: str, err: BaseException) -> str:
 class DemoHandlers:
     """The page's event handlers; each returns or yields values for its event's outputs, in order."""
 
-    def __init__(self, engine: ChatEngine, skip: Callable[[], Any]) -> None:
+    def __init__(self, engine: ChatEngine, skip: Callable[[], Any],
+                 stream_interval: float = DEFAULT_STREAM_INTERVAL_S) -> None:
         self.engine = engine
         self.skip = skip  # gr.skip: leaves an output as it is
+        self.stream_interval = stream_interval
 
     # outputs: state, chatbot, textbox, kept_map, stats, notice, compare_left, compare_right
     def chat(self, state: ChatState | None, question: Any, image: Any, preset: Any, overrides: Any,
@@ -136,6 +140,7 @@ class DemoHandlers:
                     state.image_key, state.image_name, state.pixels = key, name, pixels
             elif state is None or state.pixels is None:
                 raise DemoInputError("Upload an image first.")
+            before = state.snapshot()
             turn = eng.begin_turn(state, text, sampling)
         except DemoInputError as e:
             yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
@@ -144,7 +149,7 @@ class DemoHandlers:
             yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("reading the input", e),
                    skip(), skip())
             return
-        yield from self._answer(state, turn, text, schedule, sampling, notes, clear_textbox=True)
+        yield from self._answer(state, before, turn, text, schedule, sampling, notes, clear_textbox=True)
 
     def regenerate(self, state: ChatState | None, preset: Any, overrides: Any, temperature: Any, top_p: Any,
                    max_new_tokens: Any) -> Iterator[tuple[Any, ...]]:
@@ -154,43 +159,58 @@ class DemoHandlers:
                 raise DemoInputError("There is no answer to regenerate yet: ask a question first.")
             sampling = parse_sampling(temperature, top_p, max_new_tokens)
             schedule = eng.resolve_schedule(preset, overrides)
+            before = state.snapshot()
             turn = eng.reopen_last_turn(state, sampling)
         except DemoInputError as e:
             yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
             return
-        yield from self._answer(state, turn, state.last_question, schedule, sampling, [], clear_textbox=False)
+        except Exception as e:  # never a traceback on the page
+            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("reading the input", e),
+                   skip(), skip())
+            return
+        yield from self._answer(state, before, turn, state.last_question, schedule, sampling, [],
+                                clear_textbox=False)
 
-    def _answer(self, state: ChatState, turn: PendingTurn, question: str, schedule: ReductionConfig, sampling: Any,
-                notes: list[str], clear_textbox: bool) -> Iterator[tuple[Any, ...]]:
+    def _answer(self, state: ChatState, before: ChatState, turn: PendingTurn, question: str,
+                schedule: ReductionConfig, sampling: Any, notes: list[str],
+                clear_textbox: bool) -> Iterator[tuple[Any, ...]]:
+        """Streams the answer of ``turn``; a turn that does not complete (an error, or the visitor gone, which
+        closes this generator) leaves the conversation as it was before it (``before``)."""
         eng, skip = self.engine, self.skip
         textbox = "" if clear_textbox else skip()
         assert state.pixels is not None
-        yield (state, chat_messages(state, ""), textbox, skip(), skip(), "", "", "")
         answer: Answer | None = None
-        last_yield = 0.0
+        completed = False
+        error = ""
         try:
+            yield (state, chat_messages(state, ""), textbox, skip(), skip(), "", "", "")
+            last_yield = 0.0
             for item in eng.answer_stream(state.pixels, turn, schedule, sampling):
                 if isinstance(item, Answer):
                     answer = item
-                elif time.monotonic() - last_yield >= STREAM_INTERVAL_S:
+                elif time.monotonic() - last_yield >= self.stream_interval:
                     last_yield = time.monotonic()
                     yield (state, chat_messages(state, item), skip(), skip(), skip(), skip(), skip(), skip())
             assert answer is not None
             eng.finish_turn(state, turn, answer, question)
             kept_map = eng.kept_map(state.pixels, answer)
-        except Exception as e:  # the turn is forgotten, so that the visitor can try again
-            del state.conv.messages[-2:]
-            state.last = None
-            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("answering", e), skip(),
-                   skip())
+            completed = True
+        except Exception as e:
+            error = _internal_error("answering", e)
+        finally:
+            if not completed:
+                state.restore(before)
+        if not completed:
+            yield (state, chat_messages(state), skip(), skip(), skip(), error, skip(), skip())
             return
+        assert answer is not None
         if turn.note:
             notes.append(turn.note)
         logger.info("answered %d tokens under '%s': prefill %.3f s, realised %.2f vision tokens per layer",
                     len(answer.tokens), schedule.name, answer.prefill.seconds,
                     answer.prefill.realised_avg_vision_tokens)
-        notice = "\n\n".join(f"ℹ️ {n}" for n in notes)
-        yield (state, chat_messages(state), skip(), kept_map, eng.stats_markdown(answer), notice, "", "")
+        # Notes (a capped answer, a new conversation) go with the statistics; the notice holds refusals only.
+        yield (state, chat_messages(state), skip(), kept_map, eng.stats_markdown(answer, notes), "", "", "")
 
     # outputs: compare_left, compare_right, notice
     def compare_off(self, state: ChatState | None) -> Iterator[tuple[str, str, str]]:
@@ -211,7 +231,7 @@ class DemoHandlers:
             for item in eng.answer_stream(state.pixels, turn, off, last.sampling):
                 if isinstance(item, Answer):
                     answer = item
-                elif time.monotonic() - last_yield >= STREAM_INTERVAL_S:
+                elif time.monotonic() - last_yield >= self.stream_interval:
                     last_yield = time.monotonic()
                     yield (skip(), answer_markdown(title, None, item, eng), skip())
         except Exception as e:
@@ -220,8 +240,9 @@ class DemoHandlers:
         assert answer is not None
         right = answer_markdown(title, answer, answer.text, eng)
         same = "the same answer" if answer.text == last.text else "different answers"
-        yield (left, right, f"ℹ️ Prefill {last.prefill.seconds * 1000:.1f} ms under `{last.schedule.name}`, "
-                            f"{answer.prefill.seconds * 1000:.1f} ms under `off`; {same}.")
+        right += (f"\n\nPrefill {last.prefill.seconds * 1000:.1f} ms under `{last.schedule.name}`, "
+                  f"{answer.prefill.seconds * 1000:.1f} ms under `off`; {same}.")
+        yield (left, right, "")
 
     # outputs: state, chatbot, textbox, image, kept_map, stats, notice, compare_left, compare_right
     def clear(self) -> tuple[Any, ...]:
@@ -236,19 +257,20 @@ class DemoHandlers:
 
 
 # --------------------------------------------------------------------------------------------------- page
-def build_demo(engine: ChatEngine, model_name: str) -> Any:
+def build_demo(engine: ChatEngine, model_name: str, stream_interval: float = DEFAULT_STREAM_INTERVAL_S) -> Any:
     """The gr.Blocks page (not launched)."""
     import gradio as gr
 
-    h = DemoHandlers(engine, gr.skip)
+    h = DemoHandlers(engine, gr.skip, stream_interval)
     loaded = engine.loaded_schedule
-    with gr.Blocks(title="HiDrop-LLaVA", analytics_enabled=False) as demo:
+    # delete_cache: every hour, uploads and drawn maps older than a day go (a demo runs for weeks).
+    with gr.Blocks(title="HiDrop-LLaVA", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         state = gr.State(None)
         gr.Markdown(
             f"## HiDrop-LLaVA: what the model keeps of your image\n"
             f"Model `{model_name}` ({engine.num_layers} layers, {engine.num_vision_tokens} vision tokens per image), "
-            f"loaded schedule `{loaded.name}`. Upload an image and ask; after each answer the map shows which image "
-            "patches survived each prune stage (dropped ones greyed out)."
+            f"loaded schedule `{loaded.name}`. Upload an image and ask; after each answer the map below shows which "
+            "image patches survived each prune stage."
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -261,9 +283,12 @@ def build_demo(engine: ChatEngine, model_name: str) -> Any:
                                        elem_id="overrides")
                 schedule_info = gr.Markdown(engine.describe_schedule(loaded), elem_id="schedule_info")
                 with gr.Accordion("Parameters", open=False):
+                    # Upstream's ranges, within this model's context.
+                    top = max(1, min(1024, engine.context_len))
                     temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Temperature (0 = greedy)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top P")
-                    max_new_tokens = gr.Slider(1, 1024, value=512, step=1, label="Max new tokens")
+                    max_new_tokens = gr.Slider(1, top, value=min(512, max(1, top // 2)), step=1,
+                                               label="Max new tokens")
             with gr.Column(scale=7):
                 chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chatbot", buttons=["copy"],
                                      feedback_options=None)
@@ -272,14 +297,16 @@ def build_demo(engine: ChatEngine, model_name: str) -> Any:
                                          container=False, scale=8, elem_id="question")
                     send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                 with gr.Row():
-                    regenerate = gr.Button("🔄 Regenerate", elem_id="regenerate")
-                    compare = gr.Button("⚖️ Same answer under off", elem_id="compare")
-                    clear = gr.Button("🗑️ Clear", elem_id="clear")
+                    regenerate = gr.Button("Regenerate", elem_id="regenerate")
+                    compare = gr.Button("Same answer under off", elem_id="compare")
+                    clear = gr.Button("Clear", elem_id="clear")
                 notice = gr.Markdown(elem_id="notice")
         with gr.Row():
             with gr.Column(scale=7):
-                kept_map = gr.Image(label="Kept vision tokens per prune stage (last answer)", type="pil",
-                                    format="png", interactive=False, elem_id="kept_map", height=330)
+                gr.Markdown("**Kept vision tokens per prune stage** (last answer; dropped patches greyed out)")
+                # No label on the image: it would cover the figure's title.
+                kept_map = gr.Image(show_label=False, type="pil", format="png", interactive=False,
+                                    elem_id="kept_map", height=330, buttons=["download", "fullscreen"])
             with gr.Column(scale=3):
                 stats = gr.Markdown(elem_id="stats")
         with gr.Row():
@@ -309,16 +336,6 @@ def build_demo(engine: ChatEngine, model_name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.serve.gradio_web_server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,15 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: float16 on GPU, float32 on CPU")
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
-    p.add_argument("--port", type=_positive_int, default=7860)
+    p.add_argument("--port", type=positive_int, default=7860)
     p.add_argument("--root-path", default=None,
                    help="the URL prefix when served behind a reverse proxy under a sub-path, e.g. /hidrop")
-    p.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+    p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="larger uploads are refused with a message (default %(default)s)")
-    p.add_argument("--max-upload-mb", type=_positive_int, default=DEFAULT_MAX_UPLOAD_MB,
+    p.add_argument("--max-upload-mb", type=positive_int, default=DEFAULT_MAX_UPLOAD_MB,
                    help="larger files are refused by the upload itself (default %(default)s)")
-    p.add_argument("--queue-size", type=_positive_int, default=64,
+    p.add_argument("--queue-size", type=positive_int, default=64,
                    help="visitors waiting for the model beyond this are turned away")
+    p.add_argument("--stream-interval", type=non_negative_float, default=DEFAULT_STREAM_INTERVAL_S,
+                   help="seconds between page updates while an answer streams; 0: after every token")
     return p
 
 
@@ -379,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImageLoadError, ReductionConfigError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    demo = build_demo(engine, Path(args.model_path.rstrip("/")).name or args.model_path)
+    demo = build_demo(engine, Path(args.model_path.rstrip("/")).name or args.model_path, args.stream_interval)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     logger.info("serving %s on http://%s:%d%s", args.model_path, args.host, args.port, args.root_path or "")
     demo.launch(server_name=args.host, server_port=args.port, root_path=args.root_path, show_error=False,

@@ -2,12 +2,12 @@
 
 ``LlavaLlamaForCausalLM.generate`` returns the whole answer at once, so a page that wants to stream must decode
 itself. :class:`TokenStream` does so from the model's public pieces, in the order ``generate(use_cache=True)``
-uses them, with ``generate``'s own sampling function (``_next_token``) and last-token rule (``_last_valid``):
+uses them, with ``generate``'s own sampling function (``next_token``) and last-token rule (``last_valid``):
 
 1. prefill: ``model.multimodal_batch`` (vision tower, projector, splice) then
    ``run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True)`` and ``lm_head`` on the last
    valid position, exactly as ``generate`` does for a batch of one with an all-ones attention mask;
-2. each step: sample with ``_next_token(logits, do_sample, temperature, top_p, generator)``, stop after the EOS
+2. each step: sample with ``next_token(logits, do_sample, temperature, top_p, generator)``, stop after the EOS
    token (it is part of the answer, as in ``generate``), else ``decode_step`` on its embedding and ``lm_head``.
 
 The only difference is that ``generate`` runs one last ``decode_step`` whose logits it never reads when it stops at
@@ -31,7 +31,7 @@ import torch
 from llava.model.decoder import StageRecord, decode_step, run_decoder
 
 # generate()'s own helpers: sharing them (not copies) is what makes the stream provably the same computation.
-from llava.model.llava_llama import _last_valid, _next_token
+from llava.model.llava_llama import last_valid, next_token
 from llava.model.reduction.config import ReductionConfig
 
 if TYPE_CHECKING:
@@ -96,32 +96,36 @@ class TokenStream:
         red = self.reduction.validate_for(cfg.num_hidden_layers, cfg.num_vision_tokens)  # as generate()'s _reduction
         eos = cfg.eos_token_id if self.eos_token_id is None else self.eos_token_id
         device = self.input_ids.device
-        with torch.no_grad():  # generate() is @torch.no_grad()
+        # generate() runs under no_grad. Here each piece enters it on its own, never across a yield: grad mode is
+        # per thread, and gradio resumes a generator on whichever worker thread is free.
+        with torch.no_grad():
             start = time.perf_counter()
             mask = torch.ones_like(self.input_ids)  # generate(attention_mask=None) uses ones
             batch = model.multimodal_batch(self.input_ids, mask, self.images, None, red)
             out = run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True)
-            last = _last_valid(out.state.valid)  # [1]
+            last = last_valid(out.state.valid)  # [1]
             logits = model.lm_head(out.hidden[torch.arange(1, device=out.hidden.device), last]).float()  # [1, V]
             _synchronize(device)  # the timing must include the GPU's work, not just its launch
-            counts = out.vision_counts  # [1, L]
-            self.prefill = Prefill(
-                stages=out.stages,
-                vision_counts=[] if counts is None else [int(c) for c in counts[0].tolist()],
-                seconds=time.perf_counter() - start,
-            )
-            gen = out.generation
+        counts = out.vision_counts  # [1, L]
+        self.prefill = Prefill(
+            stages=out.stages,
+            vision_counts=[] if counts is None else [int(c) for c in counts[0].tolist()],
+            seconds=time.perf_counter() - start,
+        )
+        gen = out.generation
+        step_start = time.perf_counter()
+        for step in range(self.max_new_tokens):
+            with torch.no_grad():
+                nxt = next_token(logits, self.do_sample, self.temperature, self.top_p, self.generator)  # [1]
+            token = int(nxt[0])  # host sync: the page needs the token now (and the timing the GPU's work)
+            if step > 0:
+                self.decode_seconds += time.perf_counter() - step_start
+            self.tokens.append(token)
+            yield token  # the clock is stopped while the consumer holds the token
+            if (eos is not None and token == eos) or step + 1 == self.max_new_tokens:
+                return
             step_start = time.perf_counter()
-            for step in range(self.max_new_tokens):
-                nxt = _next_token(logits, self.do_sample, self.temperature, self.top_p, self.generator)  # [1]
-                token = int(nxt[0])  # host sync: the page needs the token now (and the timing the GPU's work)
-                if step > 0:
-                    self.decode_seconds += time.perf_counter() - step_start
-                self.tokens.append(token)
-                yield token  # the clock is stopped while the consumer holds the token
-                if (eos is not None and token == eos) or step + 1 == self.max_new_tokens:
-                    return
-                step_start = time.perf_counter()
+            with torch.no_grad():
                 h = decode_step(model.model, model.model.embed_tokens(nxt).unsqueeze(1), gen)
                 logits = model.lm_head(h[:, -1]).float()
 

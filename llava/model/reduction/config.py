@@ -159,6 +159,14 @@ class ReductionConfig:
             raise ReductionConfigError(
                 f"prune layer {self.prune_layers[-1]} must be < num_layers={num_layers}: the scorer uses layer l + 1"
             )
+        if self.local_merge:
+            patches = num_vision_tokens if math.isqrt(num_vision_tokens) ** 2 == num_vision_tokens else num_vision_tokens - 1
+            side = math.isqrt(patches)
+            if side * side != patches or side % self.merge_window:
+                raise ReductionConfigError(
+                    f"local_merge needs a square patch grid whose side is divisible by merge_window: {patches} patches "
+                    f"(side {side}) with merge_window={self.merge_window}"
+                )
         if any(k > num_vision_tokens for k in self.keep_counts):
             raise ReductionConfigError(
                 f"keep_counts {list(self.keep_counts)} exceed the number of vision tokens ({num_vision_tokens})"
