@@ -184,6 +184,8 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
         " vision tokens, so the measured time ratio stays far above the FLOPs ratio; the 7B picture is in the README's"
         " speed section.",
         "",
+        _timing_caveat(settings, order, base),
+        "",
         "## Reading: which differences exceed the seed-to-seed spread",
         "",
         "| comparison | difference of means (points) | larger seed range | verdict |",
@@ -257,6 +259,23 @@ def copy_figures(analysis_dir: str | None, figures_dir: str, doc_path: str) -> d
             shutil.copyfile(src, dst)
             rel[key] = os.path.relpath(dst, os.path.dirname(os.path.abspath(doc_path)) or ".")
     return rel
+
+
+def _timing_caveat(settings: dict[str, Setting], order: list[str], base: Setting) -> str:
+    """The stage-2 times come from runs made one after another, so a change of machine load between runs moves
+    them; settings with the same FLOPs show how much."""
+    same: dict[float, list[float]] = {}
+    for n in order:
+        s = settings[n]
+        if s.vision_tflops and s.mean_train and base.mean_train and n != base.name:
+            same.setdefault(round(s.vision_tflops, 9), []).append(s.mean_train / base.mean_train)
+    widest = max(same.values(), key=lambda r: max(r) - min(r), default=[])
+    text = ("These times come from runs made one after another on a shared machine, not interleaved, so a change of"
+            " load between runs moves them")
+    if len(widest) > 1:
+        text += (f": settings with identical FLOPs range from {min(widest):.3f} to {max(widest):.3f} of the baseline's"
+                 " time")
+    return text + ". The interleaved measurement of a training step is `benchmarks/bench_train_step.py`."
 
 
 def build_parser() -> argparse.ArgumentParser:
