@@ -15,7 +15,7 @@ import argparse
 
 import torch
 from bench_hidrop_step import build
-from timing import interleaved, machine_line
+from timing import interleaved, machine_line, tok64_for_depth
 
 from llava.model import PRESETS
 from llava.model.decoder import decode_step, run_decoder
@@ -77,9 +77,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build(args).eval()
     sync = args.device.startswith("cuda")
-    schedules = {"off": PRESETS["off"], "tok64": PRESETS["tok64"]}
+    schedules = {"off": PRESETS["off"], "tok64": tok64_for_depth(args.layers)}
     print(f"machine: {machine_line(args.device)}; {args.reps} interleaved repetitions, median [min-max]")
-    print(f"model: 32 layers, hidden {args.hidden}; prompt {args.text} text + 576 vision tokens; {args.new} new tokens")
+    print(f"model: {args.layers} layers, hidden {args.hidden}; prompt {args.text} text + 576 vision tokens; {args.new} new tokens")
     print("| batch | schedule | prefill | decode tok/s | KV per sample (MB) | KV vs ideal | KV vs off | peak memory |")
     print("|---|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):

@@ -3,7 +3,7 @@
 
 Prints measured speedups next to the FLOPs-ideal speedup for the exact shapes (every matmul and attention counted,
 the scorer included), and the time spent in scoring + top-k + gathering as a share of the HiDrop training step
-(forward timers, and forward+backward of the selection by ablation against fixed scores).
+(forward timers, and forward+backward of the selection timed on its own with the step's captured inputs).
 
     python benchmarks/bench_hidrop_step.py [--hidden 256 --text 160 --batch 4 --reps 5 --dtype fp32|bf16 --device cpu|cuda]
 """
@@ -11,11 +11,11 @@ the scorer included), and the time spent in scoring + top-k + gathering as a sha
 from __future__ import annotations
 
 import argparse
-import statistics
+import dataclasses
 import time
 
 import torch
-from timing import interleaved, machine_line
+from timing import interleaved, machine_line, tok64_for_depth
 from transformers import CLIPVisionConfig
 
 import llava.model.decoder as decoder
@@ -104,7 +104,7 @@ def main() -> None:
     batch = make_batch(model, args)
     cfg = model.config
     L, d, m, kv = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
-    off, tok64 = PRESETS["off"], PRESETS["tok64"]
+    off, tok64 = PRESETS["off"], tok64_for_depth(L)
 
     # forward-time of the reduction pieces, measured by wrapping them where the decoder calls them
     spent = {"t": 0.0}
@@ -133,52 +133,57 @@ def main() -> None:
     spent["t"] = 0.0
     t_wrapped = timed(lambda: step(model, batch, tok64, True), args.reps)
     fwd_share = spent["t"] / (args.reps + 1) / t_wrapped
-    # Gathers (inject/keep/exit) forward; scoring + top-k forward AND backward by ablation: the same step with the
-    # scorer replaced by fixed scores and a hard top-k, so the difference is everything the selection costs.
+    # Forward and backward of the selection, measured on its own: the inputs of every prune stage of one tok64
+    # training step are captured, then scoring, top-k and the keep-gather (with the top-k's gradient scale) run
+    # forward and backward on them, as in the step. Timed alone, so the figure is not the small difference of two
+    # noisy step times. Injection and exit gathers are added from the forward timers (they have no backward
+    # beyond a gather's scatter).
     for name in TIMED:
         setattr(decoder, name, originals[name])
+    captured: list[tuple] = []
+
+    def capture_score(layer, rotary, state, *a):
+        captured.append((layer, rotary, state, a))
+        return originals["score_vision_tokens"](layer, rotary, state, *a)
+
+    def capture_select(scores, *a):
+        captured[-1] = (*captured[-1], a)
+        return originals["select_tokens"](scores, *a)
+
+    decoder.score_vision_tokens, decoder.select_tokens = capture_score, capture_select
+    step(model, batch, tok64, True)
+    decoder.score_vision_tokens, decoder.select_tokens = originals["score_vision_tokens"], originals["select_tokens"]
     spent["t"] = 0.0
-    for name in ("inject_vision", "keep_vision", "exit_vision"):
+    for name in ("inject_vision", "exit_vision"):
         setattr(decoder, name, wrap(originals[name]))
-
-    def fixed_scores(next_layer, rotary, state, *a):
-        n = state.num_vision
-        return torch.arange(n, 0, -1, device=state.hidden.device, dtype=torch.float32).expand(state.hidden.shape[0], n)
-
     t_full = timed(lambda: step(model, batch, tok64, True), args.reps)
-    gather_fwd = spent["t"] / (args.reps + 1)
-    scorer, selector = originals["score_vision_tokens"], originals["select_tokens"]
-
-    def ablated() -> None:
-        decoder.score_vision_tokens = fixed_scores
-        decoder.select_tokens = lambda scores, k, mode, *a: selector(scores, k, "hard")
-        try:
-            step(model, batch, tok64, True)
-        finally:
-            decoder.score_vision_tokens, decoder.select_tokens = scorer, selector
-
-    # Interleaved pairs, median of the differences: the machine's drift cancels within a pair.
-    diffs, fulls = [], []
-    ablated()
-    for _ in range(2 * args.reps + 1):
-        t0 = time.perf_counter()
-        step(model, batch, tok64, True)
-        t1 = time.perf_counter()
-        ablated()
-        t2 = time.perf_counter()
-        fulls.append(t1 - t0)
-        diffs.append((t1 - t0) - (t2 - t1))
+    other_gathers = spent["t"] / (args.reps + 1)
     for name, fn in originals.items():
         setattr(decoder, name, fn)
-    t_full = statistics.median(fulls)
-    selection = statistics.median(diffs)
-    t_ablated = t_full - selection
-    share = (max(selection, 0.0) + gather_fwd) / t_full
+
+    def selection_fwd_bwd() -> None:
+        for layer, rotary, state, score_args, select_args in captured:
+            with torch.enable_grad():
+                h = state.hidden.detach().requires_grad_(True)  # [B, S, D]
+                st = dataclasses.replace(state, hidden=h)
+                scored = score_args[2]
+                if scored is not None:  # "same" scoring reads the layer's input instead of the state
+                    score_args = (*score_args[:2], scored.detach().requires_grad_(True), *score_args[3:])
+                scores = decoder.score_vision_tokens(layer, rotary, st, *score_args)  # [B, N_vis]
+                sel = decoder.select_tokens(scores, *select_args)
+                out = decoder.keep_vision(st, sel.keep, sel.scale).hidden  # [B, S - dropped, D]
+                out.backward(torch.ones_like(out))
+        model.zero_grad(set_to_none=True)
+        if batch[0].is_cuda:
+            torch.cuda.synchronize()
+
+    selection = timed(selection_fwd_bwd, 2 * args.reps + 1)
+    share = (selection + other_gathers) / t_full
 
     V, B, T = args.vocab, args.batch, args.text + 1
     print(f"model: {L} layers, hidden {d}, ffn {m}, heads {cfg.num_attention_heads}, vocab {V}; batch {B}, "
           f"text {T} tokens + 576 vision; {args.device} {str(args.dtype).split('.')[-1]} {args.attn}")
-    print(f"schedule tok64: average vision tokens {tok64.average_vision_tokens(L):.1f}")
+    print(f"schedule {tok64.describe(L, 576)}")
     print(f"machine: {machine_line(args.device)}; {args.reps} interleaved repetitions, median [min-max]")
     for mode, timing in results.items():
         train = mode == "train"
@@ -194,8 +199,9 @@ def main() -> None:
               f"{timing['off'].median * 1e3:.1f} ms | {timing['tok64'].median * 1e3:.1f} ms | {measured:.2f}x | "
               f"{ideal:.2f}x |")
     print(f"scoring + top-k + gathering, forward only (timers): {fwd_share * 100:.2f}% of the tok64 training step")
-    print(f"scoring + top-k forward+backward (ablation {t_full * 1e3:.0f} - {t_ablated * 1e3:.0f} ms) + gathering "
-          f"forward: {share * 100:.2f}% of the tok64 training step")
+    print(f"scoring + top-k + keep-gather forward+backward ({len(captured)} stages, timed alone: "
+          f"{selection * 1e3:.1f} ms) + inject/exit gathers forward ({other_gathers * 1e3:.1f} ms): "
+          f"{share * 100:.2f}% of the tok64 training step ({t_full * 1e3:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #   1. a CUDA torch (pip's default torch on Linux x86_64 is the CUDA build) and the project into $VENV, unless the
 #      current python already imports a CUDA torch; flash-attn where a prebuilt wheel installs (it is optional:
 #      without it the flash rows say "not installed").
-#   2. as many 7B-width layers as fit (LAYERS, tried 32 then 16 then 8 on out-of-memory; the table says which).
+#   2. as many 7B-width layers as fit (LAYERS, tried 32, 24, 18, 13 on out-of-memory, tok64 scaled to the depth;
+#      the table says which).
 #   3. training step and prefill, off vs tok64, with sdpa and flash_attention_2 (benchmarks/bench_hidrop_step.py);
 #      generation, batch 1 and 8, 128 new tokens (bench_generation.py); the parallel-decoupling gain with a
 #      CLIP-L-shaped tower, forward and training step (bench_parallel_vision.py); the GPU tests (tests/test_gpu.py:
@@ -62,8 +63,9 @@ run_bench() {  # run_bench NAME ARGS...: runs a benchmark, trying fewer layers o
             cat "$OUT/${name%.py}-$layers.out" >> "$log"
             return 0
         fi
-        if grep -q "out of memory" "$OUT/${name%.py}-$layers.out" && ((layers > 8)); then
-            layers=$((layers / 2))
+        # tok64 scaled to fewer layers (benchmarks/timing.py: tok64_for_depth) needs at least 11
+        if grep -q "out of memory" "$OUT/${name%.py}-$layers.out" && ((layers * 3 / 4 >= 11)); then
+            layers=$((layers * 3 / 4))
             say "$name: out of memory; retrying with $layers layers"
             continue
         fi

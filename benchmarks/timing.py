@@ -51,3 +51,27 @@ def machine_line(device: str) -> str:
     else:
         where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return f"{where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+def tok64_for_depth(num_layers: int):
+    """`tok64` for a model of ``num_layers`` layers: with 32 the preset itself; with fewer (a 7B-width run that
+    fits the GPU's memory only in part of the depth) its injection, prune and exit layers scaled by
+    ``num_layers / 32`` and kept strictly increasing, with the same keep counts, so the schedule keeps its shape."""
+    from dataclasses import replace
+
+    from llava.model import PRESETS
+
+    red = PRESETS["tok64"]
+    if num_layers == 32:
+        return red
+    if num_layers < 2 * len(red.prune_layers) + 3:
+        raise SystemExit(f"--layers {num_layers}: tok64 needs at least {2 * len(red.prune_layers) + 3} layers")
+    scale = num_layers / 32
+    inject = max(1, round(red.inject_layer * scale))
+    prune, last = [], inject  # the first cut after at least one layer with every vision token, as in tok64
+    for layer in red.prune_layers:
+        last = max(last + 1, round(layer * scale))
+        prune.append(last)
+    exit_ = min(num_layers, max(last + 1, round(red.exit_layer * scale)))
+    scaled = replace(red, name=f"tok64@{num_layers}L", inject_layer=inject, prune_layers=tuple(prune), exit_layer=exit_)
+    return scaled.validate_for(num_layers, 576)

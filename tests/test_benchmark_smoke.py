@@ -16,8 +16,8 @@ def test_benchmark_runs_and_reports_every_figure():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for needle in ("average vision tokens 64.0", "train ", "prefill ", "FLOPs-ideal", "measured/ideal",
-                   "forward only (timers)", "forward+backward (ablation"):
+    for needle in ("average vision tokens 64.00", "train ", "prefill ", "FLOPs-ideal", "measured/ideal",
+                   "forward only (timers)", "keep-gather forward+backward (4 stages, timed alone"):
         assert needle in text, needle
 
 
@@ -38,7 +38,8 @@ def test_generation_benchmark_reports_kv_against_the_ideal():
 def test_parallel_vision_benchmark_runs():
     text = _bench(str(REPO / "benchmarks" / "bench_parallel_vision.py"), "--hidden", "64", "--text", "64", "--batch",
                   "1", "--reps", "1", "--tower", "1,32,64", "--vocab", "128")
-    assert "| plain | decoupled | gain | tower alone |" in text and "RESULT | parallel vision" in text
+    assert "| plain | decoupled | gain | tower alone | shallow layers 1-8 alone |" in text
+    assert "RESULT | parallel vision" in text and "shallow" in text.split("RESULT")[-1]
 
 
 def test_train_step_benchmark_runs_through_the_trainer():
@@ -56,3 +57,21 @@ def test_gpu_suite_parses_and_refuses_without_a_gpu(tmp_path):
     out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
     assert out.returncode == 2 and "no NVIDIA GPU" in out.stderr
+
+
+def test_tok64_scaled_to_fewer_layers_keeps_its_shape():
+    import pytest
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from timing import tok64_for_depth
+
+    from llava.model import PRESETS
+
+    assert tok64_for_depth(32) is PRESETS["tok64"]
+    for layers in (24, 16, 11):
+        red = tok64_for_depth(layers)  # validated for the depth
+        marks = (red.inject_layer, *red.prune_layers, red.exit_layer)
+        assert list(marks) == sorted(set(marks)) and red.exit_layer <= layers
+        assert red.keep_counts == PRESETS["tok64"].keep_counts
+    with pytest.raises(SystemExit, match="at least 11 layers"):
+        tok64_for_depth(10)
