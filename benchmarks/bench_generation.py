@@ -15,7 +15,7 @@ import argparse
 
 import torch
 from bench_hidrop_step import build
-from timing import interleaved, machine_line, tok64_for_depth
+from timing import add_model_args, interleaved, machine_line, parse_model_args, tok64_for_depth
 
 from llava.model import PRESETS
 from llava.model.decoder import decode_step, run_decoder
@@ -61,19 +61,10 @@ def ideal_kv_bytes(model, red, text: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=None, help="default hidden // 64 (7B: --hidden 4096 --heads 32)")
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--text", type=int, default=100, help="prompt text tokens (the image adds 576)")
+    add_model_args(p, text=100, reps=3)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--attn", default="sdpa")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    args = p.parse_args()
-    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    args = parse_model_args(p)
     torch.manual_seed(0)
     model = build(args).eval()
     sync = args.device.startswith("cuda")

@@ -15,7 +15,7 @@ import dataclasses
 import time
 
 import torch
-from timing import interleaved, machine_line, tok64_for_depth
+from timing import add_model_args, interleaved, machine_line, parse_model_args, tok64_for_depth
 from transformers import CLIPVisionConfig
 
 import llava.model.decoder as decoder
@@ -87,18 +87,9 @@ def timed(fn, reps: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=None, help="default hidden // 64 (7B: --hidden 4096 --heads 32)")
-    p.add_argument("--layers", type=int, default=32, help="fewer to fit a GPU's memory at 7B width")
-    p.add_argument("--text", type=int, default=160)
+    add_model_args(p, text=160, reps=5)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--attn", default="sdpa")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    args = p.parse_args()
-    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    args = parse_model_args(p)
     torch.manual_seed(0)
     model = build(args).train()
     batch = make_batch(model, args)

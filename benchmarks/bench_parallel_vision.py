@@ -14,7 +14,7 @@ import argparse
 
 import torch
 from bench_hidrop_step import build
-from timing import interleaved, machine_line, tok64_for_depth
+from timing import add_model_args, interleaved, machine_line, parse_model_args, tok64_for_depth
 from transformers import CLIPVisionConfig
 
 from llava.model.vision_tower import CLIPVisionTower
@@ -22,20 +22,11 @@ from llava.model.vision_tower import CLIPVisionTower
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--text", type=int, default=160)
+    add_model_args(p, text=160, reps=5)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--attn", default="sdpa")
     p.add_argument("--tower", default="24,1024,4096", help="CLIP layers,hidden,ffn (CLIP ViT-L/14-336 by default)")
     p.add_argument("--train", action="store_true", help="time forward + backward instead of the forward")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    args = p.parse_args()
-    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    args = parse_model_args(p)
     torch.manual_seed(0)
     model = build(args)
     layers, width, ffn = (int(x) for x in args.tower.split(","))

@@ -6,6 +6,7 @@ every side alike; each side reports its median and its spread (min to max). ``ma
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -75,3 +76,23 @@ def tok64_for_depth(num_layers: int):
     exit_ = min(num_layers, max(last + 1, round(red.exit_layer * scale)))
     scaled = replace(red, name=f"tok64@{num_layers}L", inject_layer=inject, prune_layers=tuple(prune), exit_layer=exit_)
     return scaled.validate_for(num_layers, 576)
+
+
+def add_model_args(p: argparse.ArgumentParser, *, text: int, reps: int) -> None:
+    """The synthetic language model's shape and run flags that the model benchmarks share (gpu_suite.sh passes
+    the same names to each). ``parse_model_args`` turns ``--dtype`` into a torch dtype."""
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=None, help="default hidden // 64 (7B: --hidden 4096 --heads 32)")
+    p.add_argument("--layers", type=int, default=32, help="fewer to fit a GPU's memory at 7B width")
+    p.add_argument("--text", type=int, default=text, help="prompt text tokens (the image adds 576)")
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=reps)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+
+
+def parse_model_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    args = p.parse_args()
+    args.dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    return args

@@ -79,25 +79,23 @@ def build_parser(
     return p
 
 
-def int_list(text: str, flag: str) -> list[int]:
-    """``"5,10,20"`` -> [5, 10, 20]; an error names the flag."""
+def _number_list(text: str, flag: str, cast: type, what: str) -> list:
     try:
-        values = [int(x) for x in text.replace(" ", "").split(",") if x]
+        values = [cast(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise AnalysisError(f"{flag} {text!r}: expected comma-separated integers") from None
+        raise AnalysisError(f"{flag} {text!r}: expected comma-separated {what}") from None
     if not values:
         raise AnalysisError(f"{flag} is empty")
     return values
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    """``"5,10,20"`` -> [5, 10, 20]; an error names the flag."""
+    return _number_list(text, flag, int, "integers")
 
 
 def float_list(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise AnalysisError(f"{flag} {text!r}: expected comma-separated numbers") from None
-    if not values:
-        raise AnalysisError(f"{flag} is empty")
-    return values
+    return _number_list(text, flag, float, "numbers")
 
 
 def layer_list(text: str, flag: str, lo: int, hi: int) -> list[int]:

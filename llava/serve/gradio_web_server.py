@@ -120,10 +120,17 @@ class DemoHandlers:
         self.skip = skip  # gr.skip: leaves an output as it is
         self.stream_interval = stream_interval
 
+    def _refused(self, state: ChatState | None, err: Exception) -> tuple[Any, ...]:
+        """The chat outputs when a turn is refused before answering: the conversation as it was, and the notice
+        (the input's own message, or a one-line internal error)."""
+        skip = self.skip
+        notice = warning(str(err)) if isinstance(err, DemoInputError) else _internal_error("reading the input", err)
+        return (state, chat_messages(state), skip(), skip(), skip(), notice, skip(), skip())
+
     # outputs: state, chatbot, textbox, kept_map, stats, notice, compare_left, compare_right
     def chat(self, state: ChatState | None, question: Any, image: Any, preset: Any, overrides: Any,
              temperature: Any, top_p: Any, max_new_tokens: Any) -> Iterator[tuple[Any, ...]]:
-        eng, skip = self.engine, self.skip
+        eng = self.engine
         notes: list[str] = []
         try:
             text = eng.check_question(question)
@@ -142,18 +149,14 @@ class DemoHandlers:
                 raise DemoInputError("Upload an image first.")
             before = state.snapshot()
             turn = eng.begin_turn(state, text, sampling)
-        except DemoInputError as e:
-            yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
-            return
         except Exception as e:  # never a traceback on the page
-            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("reading the input", e),
-                   skip(), skip())
+            yield self._refused(state, e)
             return
         yield from self._answer(state, before, turn, text, schedule, sampling, notes, clear_textbox=True)
 
     def regenerate(self, state: ChatState | None, preset: Any, overrides: Any, temperature: Any, top_p: Any,
                    max_new_tokens: Any) -> Iterator[tuple[Any, ...]]:
-        eng, skip = self.engine, self.skip
+        eng = self.engine
         try:
             if state is None:
                 raise DemoInputError("There is no answer to regenerate yet: ask a question first.")
@@ -161,12 +164,8 @@ class DemoHandlers:
             schedule = eng.resolve_schedule(preset, overrides)
             before = state.snapshot()
             turn = eng.reopen_last_turn(state, sampling)
-        except DemoInputError as e:
-            yield (state, chat_messages(state), skip(), skip(), skip(), warning(str(e)), skip(), skip())
-            return
         except Exception as e:  # never a traceback on the page
-            yield (state, chat_messages(state), skip(), skip(), skip(), _internal_error("reading the input", e),
-                   skip(), skip())
+            yield self._refused(state, e)
             return
         yield from self._answer(state, before, turn, state.last_question, schedule, sampling, [],
                                 clear_textbox=False)

@@ -31,6 +31,13 @@ case "$RECIPE" in
 esac
 : "${RESULTS_ROOT:=$DATA_ROOT/results/ablations}"
 export RECIPE DATA_ROOT
+# The paper's progressive setup of its scoring and top-k studies: evenly spaced cuts, nothing injected late or
+# exited (576 -> 64 -> 8 -> 1 after layers 8, 16, 24; the 8-layer demo model: 64 -> 16 -> 4 -> 1 after 2, 4, 6).
+if [[ "$RECIPE" == "tiny" ]]; then
+    PROGRESSIVE="inject_layer=1 prune_layers=2,4,6 keep_counts=16,4,1 exit_layer=-1"
+else
+    PROGRESSIVE="inject_layer=1 prune_layers=8,16,24 keep_counts=64,8,1 exit_layer=-1"
+fi
 if [[ "$DRY_RUN" != "0" && "$DRY_RUN" != "1" ]]; then echo "DRY_RUN must be 0 or 1, got '$DRY_RUN'" >&2; exit 2; fi
 
 SETTINGS=()

@@ -12,11 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/ablations/_sweep.sh
-if [[ "$RECIPE" == "tiny" ]]; then
-    PROGRESSIVE="inject_layer=1 prune_layers=2,4,6 keep_counts=16,4,1 exit_layer=-1"
-else
-    PROGRESSIVE="inject_layer=1 prune_layers=8,16,24 keep_counts=64,8,1 exit_layer=-1"
-fi
 setting baseline pt+ft off ""
 setting last-1round pt+ft off "$PROGRESSIVE score_query=last_1round"
 setting last-nround pt+ft off "$PROGRESSIVE score_query=last_nround"
