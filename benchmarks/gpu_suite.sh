@@ -11,7 +11,10 @@
 #   2. as many 7B-width layers as fit (LAYERS, tried 32, 24, 18, 13 on out-of-memory, tok64 scaled to the depth;
 #      the table says which).
 #   3. training step and prefill, off vs tok64, with sdpa and flash_attention_2 (benchmarks/bench_hidrop_step.py);
-#      generation, batch 1 and 8, 128 new tokens (bench_generation.py); the parallel-decoupling gain with a
+#      generation, batch 1 and 8, 128 new tokens (bench_generation.py), and self-speculative against plain
+#      decoding (bench_generation.py --speculative, sdpa and flash); ours against transformers' own LLaVA on the
+#      same weights, batch 1, 4 and 8 (bench_vs_transformers.py: off must generate transformers' tokens, bf16 here,
+#      or that row fails and says where they part); the parallel-decoupling gain with a
 #      CLIP-L-shaped tower, forward and training step (bench_parallel_vision.py); the GPU tests (tests/test_gpu.py:
 #      the masked reference on the GPU, flash's 2-D mask path against sdpa, cached generation, the side stream).
 # Environment: OUT [./gpu_suite_out], VENV [./.venv-gpu], PYTHON [python3], REPS [5], TEXT [160], BATCH [4],
@@ -82,6 +85,15 @@ if ((FLASH)); then
 fi
 say "== generation"
 run_bench bench_generation.py --text 100 --new 128 --batches 1,8 --reps 3 --vocab 32000
+say "== self-speculative decoding (twig agreeing by construction; then a draft kept about 60% of the time)"
+run_bench bench_generation.py --speculative --text 100 --new 128 --batches 1,8 --reps 3 --vocab 32000
+run_bench bench_generation.py --speculative --draft-disagree 0.15 --text 100 --new 128 --batches 1,8 --reps 3 --vocab 32000
+if ((FLASH)); then
+    run_bench bench_generation.py --speculative --attn flash_attention_2 --text 100 --new 128 --batches 1,8 --reps 3 \
+        --vocab 32000
+fi
+say "== against transformers' LlavaForConditionalGeneration"
+run_bench bench_vs_transformers.py --text 61 --new 32 --batches 1,4,8 --reps "$REPS" --vocab 32000
 say "== parallel vision decoupling"
 run_bench bench_parallel_vision.py --text "$TEXT" --batch "$BATCH" --reps "$REPS" --vocab 32000
 run_bench bench_parallel_vision.py --text "$TEXT" --batch "$BATCH" --reps "$REPS" --vocab 32000 --train

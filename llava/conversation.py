@@ -16,6 +16,13 @@ Rendering (``seps = (sep, sep2)``; message ``i`` is followed by ``seps[i % 2]``)
 * ``PLAIN`` (``plain``, stage-1 captioning): no system text and no role names; ``sep`` (empty) follows the
   user message and ``sep2`` (``"\\n"``) follows the assistant message, so ``[("", "<image>"), ("", caption)]``
   renders as ``"<image>" + caption + "\\n"``, exactly the layout upstream's ``preprocess_plain`` trains on.
+
+Upstream's calls work as written: ``conv_templates["llava_v1"].copy()`` (and ``default_conversation.copy()``)
+give a fresh :class:`Conversation` with ``.roles``, ``.messages``, ``.append_message``, ``.get_prompt()``,
+``.sep``, ``.sep2``; ``conv.messages[-1][-1] = answer`` edits the last message in place, as upstream's CLI does.
+The templates themselves are frozen: ``conv_templates[...].append_message`` is refused with a message saying to
+``.copy()`` first (upstream would have changed the template for every later caller). Only the LLaVA-1.5
+(Vicuna) templates exist; upstream's LLaMA-2, Mistral, MPT and v0 templates are for other language models.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ __all__ = [
     "ConversationTemplate",
     "MessageSpan",
     "SeparatorStyle",
+    "conv_llava_plain",
+    "conv_llava_v1",
     "conv_templates",
+    "conv_vicuna_v1",
+    "default_conversation",
     "get_conv_template",
     "get_template",
     "list_conv_templates",
@@ -63,6 +74,28 @@ class ConversationTemplate:
     def new(self) -> Conversation:
         return Conversation(template=self)
 
+    def copy(self) -> Conversation:
+        """A fresh, empty conversation in this template (upstream's ``conv_templates[name].copy()``)."""
+        return self.new()
+
+    @property
+    def messages(self) -> tuple[()]:
+        return ()
+
+    @property
+    def offset(self) -> int:
+        return 0
+
+    def append_message(self, role: str, message: str | None) -> None:
+        raise TypeError(
+            f"template {self.name!r} is shared by every caller and cannot hold messages; take a conversation first: "
+            f"conv = conv_templates[{self.name!r}].copy(), then conv.append_message(...)"
+        )
+
+    def get_prompt(self) -> str:
+        """The prompt of an empty conversation (the system text), as upstream's template object renders it."""
+        return self.new().get_prompt()
+
 
 @dataclass(frozen=True)
 class MessageSpan:
@@ -85,7 +118,8 @@ class Conversation:
     """A template plus the messages appended so far. Cheap to create; never shared between samples."""
 
     template: ConversationTemplate
-    messages: list[tuple[str, str | None]] = field(default_factory=list)
+    # [role, message] lists, as upstream: callers set the answer with ``conv.messages[-1][-1] = text``.
+    messages: list[list[str | None]] = field(default_factory=list)
 
     @property
     def roles(self) -> tuple[str, str]:
@@ -111,10 +145,20 @@ class Conversation:
         """Add a turn; ``message=None`` marks the turn the model should generate (only valid last)."""
         if role not in self.roles:
             raise ValueError(f"role {role!r} is not one of template {self.template.name!r}'s roles {self.roles}")
-        self.messages.append((role, message))
+        self.messages.append([role, message])
 
     def copy(self) -> Conversation:
-        return Conversation(template=self.template, messages=list(self.messages))
+        # Each message is copied too: callers edit messages in place (upstream's ``messages[-1][-1] = text``).
+        return Conversation(template=self.template, messages=[list(m) for m in self.messages])
+
+    @property
+    def version(self) -> str:
+        return self.template.version
+
+    @property
+    def offset(self) -> int:
+        """Upstream's count of few-shot messages before the user's; no LLaVA-1.5 template has any."""
+        return 0
 
     def get_prompt(self) -> str:
         return self.get_prompt_with_spans()[0]
@@ -190,12 +234,21 @@ _TEMPLATES: dict[str, ConversationTemplate] = {
         version="v1",
     ),
 }
-_ALIASES: dict[str, str] = {"v1": "vicuna_v1"}
+# Upstream's other names for the same templates.
+_ALIASES: dict[str, str] = {"v1": "vicuna_v1", "v0_plain": "plain"}
 
 # Read-only view: templates are frozen and the mapping cannot be reassigned through this name.
 conv_templates: MappingProxyType[str, ConversationTemplate] = MappingProxyType(
     {**_TEMPLATES, **{alias: _TEMPLATES[target] for alias, target in _ALIASES.items()}}
 )
+
+
+# Upstream's module-level names. default_conversation is vicuna_v1, as upstream's; here it is a frozen template (take
+# a conversation with .copy()) and nothing reassigns it: training passes its template explicitly.
+conv_vicuna_v1 = _TEMPLATES["vicuna_v1"]
+conv_llava_v1 = _TEMPLATES["llava_v1"]
+conv_llava_plain = _TEMPLATES["plain"]
+default_conversation = conv_vicuna_v1
 
 
 def list_conv_templates() -> list[str]:

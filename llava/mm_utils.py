@@ -4,6 +4,9 @@
   ``IMAGE_TOKEN_INDEX`` (-200) placeholder per image, exactly as upstream LLaVA does.
 * :func:`load_image` / :func:`process_images` turn files into the ``[B, 3, H, W]`` pixel tensor the vision tower
   expects, with typed errors (:class:`ImageLoadError`) instead of a crash deep inside a DataLoader worker.
+* upstream LLaVA's other helpers under their names: :func:`get_model_name_from_path`,
+  :class:`KeywordsStoppingCriteria`, :func:`load_image_from_base64`; :func:`process_images` takes upstream's third
+  argument (the model config, whose ``image_aspect_ratio`` it reads) as well as the aspect-ratio string.
 
 Colour conversion (:func:`to_rgb`, used by :func:`load_image`, and by :func:`process_images` for any image that
 is not plain RGB). A bare ``convert("RGB")`` clips 16-bit values (the picture turns almost white) and drops alpha
@@ -42,16 +45,19 @@ a poor but valid picture.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
@@ -63,12 +69,15 @@ __all__ = [
     "MAX_PAD_SIDE",
     "MAX_SQUARE_ASPECT",
     "ImageLoadError",
+    "KeywordsStoppingCriteria",
     "SampleError",
     "background_color",
     "build_image_processor",
     "expand2square",
+    "get_model_name_from_path",
     "image_processor_output_size",
     "load_image",
+    "load_image_from_base64",
     "load_image_processor",
     "process_images",
     "to_rgb",
@@ -169,6 +178,26 @@ def load_image(path: str | os.PathLike, background: Sequence[int] = DEFAULT_BACK
             path=path,
             problem="unreadable",
         ) from err
+
+
+def load_image_from_base64(data: str | bytes, background: Sequence[int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """An RGB image from base64-encoded file bytes (upstream's serving format); :class:`ImageLoadError` if the text
+    is not base64 or the bytes are not a readable image. Modes are converted as in :func:`load_image`."""
+    background = _check_background(background)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageLoadError(f"image data is not valid base64 ({err})", problem="unreadable") from err
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            return to_rgb(img, background)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"image is too large to decode safely ({err})", problem="too_large") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(f"image data is unreadable or corrupt ({type(err).__name__}: {err})") from err
 
 
 def _check_background(background: Sequence[int]) -> tuple[int, int, int]:
@@ -319,18 +348,31 @@ def _crop_to_aspect(img: Image.Image, max_aspect: int) -> Image.Image:
     return img
 
 
-def process_images(images: Sequence[Image.Image], image_processor: Any, image_aspect_ratio: str | None) -> torch.Tensor:
+def _aspect_ratio_of(model_cfg: Any) -> str | None:
+    """The aspect-ratio setting from upstream's third argument: a config object or dict, or the string itself."""
+    if model_cfg is None or isinstance(model_cfg, str):
+        return model_cfg
+    if isinstance(model_cfg, Mapping):
+        return model_cfg.get("image_aspect_ratio")
+    return getattr(model_cfg, "image_aspect_ratio", None)  # upstream reads it the same way (absent: None)
+
+
+def process_images(images: Sequence[Image.Image], image_processor: Any, model_cfg: Any) -> torch.Tensor:
     """Preprocess images into pixel values ``[B, 3, H, W]`` (float32).
 
+    ``model_cfg`` is upstream's argument: the model config (``model.config``; its ``image_aspect_ratio`` is
+    used), a dict holding that key, or the aspect ratio itself (``"pad"``, ``"square"`` or ``None``).
     ``"pad"``: pad each image to a square with the processor's mean colour first (LLaVA-1.5's setting), so the
     centre crop keeps the whole picture. ``"square"`` or ``None``: hand the image to the processor as is (resize
     shortest side, centre crop). Non-RGB images go through :func:`to_rgb` with the mean colour as background;
     extreme sizes and aspect ratios are bounded first (module docstring). An image with a side of 0 raises
     :class:`ImageLoadError`.
     """
+    image_aspect_ratio = _aspect_ratio_of(model_cfg)
     if image_aspect_ratio not in (*IMAGE_ASPECT_RATIOS, None):
+        hint = " (LLaVA-1.6's anyres tiling is not part of this LLaVA-1.5 codebase)" if image_aspect_ratio == "anyres" else ""
         raise ValueError(
-            f"unsupported image_aspect_ratio {image_aspect_ratio!r}; expected one of {IMAGE_ASPECT_RATIOS} or None"
+            f"unsupported image_aspect_ratio {image_aspect_ratio!r}{hint}; expected one of {IMAGE_ASPECT_RATIOS} or None"
         )
     if len(images) == 0:
         raise ValueError("process_images needs at least one image")
@@ -450,3 +492,61 @@ def tokenizer_image_token_with_offsets(
     Needs a fast tokenizer.
     """
     return _encode_image_chunks(prompt, tokenizer, image_token_index, with_offsets=True)
+
+
+# === Upstream's helpers: model names and keyword stopping ===
+
+
+def get_model_name_from_path(model_path: str | os.PathLike) -> str:
+    """The last component of ``model_path``; for a Trainer checkpoint folder, ``<run>_checkpoint-<step>``.
+
+    Upstream LLaVA chose how to load a checkpoint from this name; here it is only a label (answer files'
+    ``model_id``, a serving worker's model name). How a checkpoint loads is decided by its files.
+    """
+    parts = [part for part in str(model_path).replace(os.sep, "/").split("/") if part]
+    if not parts:
+        raise ValueError(f"model path {str(model_path)!r} has no name")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stops a sequence once its generated text contains one of ``keywords`` (e.g. the template's ``"</s>"``).
+
+    ``input_ids`` is the prompt ``[B, T]``; the criterion is then called with the prompt followed by the tokens
+    generated so far (transformers' and our ``generate`` convention) and looks only past the prompt. A keyword is
+    found either as its exact token ids at the end, or in the decoded text of the last few tokens (a keyword can
+    be split into other pieces than when tokenized alone). Returns a bool tensor ``[B]``: which rows are done.
+    """
+
+    def __init__(self, keywords: Sequence[str], tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor) -> None:
+        if isinstance(keywords, str):
+            raise TypeError("keywords must be a list of strings, e.g. [stop_str]")
+        self.keywords = [k for k in keywords if k]
+        if not self.keywords:
+            raise ValueError("KeywordsStoppingCriteria needs at least one non-empty keyword")
+        self.tokenizer = tokenizer
+        self.start_len = int(input_ids.shape[-1])
+        bos = tokenizer.bos_token_id
+        self.keyword_ids: list[torch.Tensor] = []
+        for keyword in self.keywords:
+            ids = list(tokenizer(keyword, add_special_tokens=False).input_ids)
+            if len(ids) > 1 and ids[0] == bos:
+                ids = ids[1:]
+            self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        # Text of this many trailing tokens always covers a keyword, however it was split.
+        self.window = max(len(ids) for ids in self.keyword_ids) + 2
+
+    def _row_done(self, new_tokens: torch.Tensor) -> bool:  # new_tokens: [N]
+        for ids in self.keyword_ids:
+            n = ids.numel()
+            if 0 < n <= new_tokens.numel() and torch.equal(new_tokens[-n:].cpu(), ids):
+                return True
+        text = self.tokenizer.decode(new_tokens[-self.window :], skip_special_tokens=False)
+        return any(keyword in text for keyword in self.keywords)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids[:, self.start_len :]  # [B, N]
+        done = [new.shape[1] > 0 and self._row_done(row) for row in new]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -6,6 +6,7 @@
 # without it such a run is refused unless it resumes (--resume_from_checkpoint).
 
 # Flags both stages share (LLaVA-1.5: 1 epoch, cosine, warmup 0.03, no weight decay, checkpointing, ...).
+# GRADIENT_CHECKPOINTING [True] (train_twig.sh: False, as TwigVLM trains).
 ARGS+=(
     --output_dir "$OUTPUT_DIR"
     --num_train_epochs "$EPOCHS"
@@ -23,7 +24,7 @@ ARGS+=(
     --lr_scheduler_type cosine
     --logging_steps 1
     --model_max_length "$MODEL_MAX_LENGTH"
-    --gradient_checkpointing True
+    --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-True}"
     --dataloader_num_workers "$WORKERS"
     --lazy_preprocess True
     --report_to "$REPORT_TO"

@@ -12,7 +12,9 @@
 #   DATA_PATH      conversation JSON        [./playground/data/llava_v1_5_mix665k.json]
 #   IMAGE_FOLDER   image root of DATA_PATH  [./playground/data]
 #   OUTPUT_DIR     checkpoint directory     [./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}]
-#   REDUCTION      token-reduction preset: tok64 (default), tok48, tok80, off (plain LLaVA), ...
+#   REDUCTION      token-reduction preset: tok64 (default), tok48, tok80, off (plain LLaVA), ...; voco-80/64/48/2
+#                  train VoCo-LLaMA (its <voco> token is added to the tokenizer and embeddings, full finetune, sdpa;
+#                  RECIPE=paper then defaults to the authors' 2 epochs at lr 2e-5; RECIPE=tiny keeps its own budget)
 #   REDUCTION_OVERRIDES  space-separated single-field overrides, e.g. "topk=hard"
 #   LORA           1 for LoRA (r 128, alpha 256, lr 2e-4, projector lr 2e-5), 0 for full finetuning [0]
 #   NPROC          processes (GPUs, or CPU ranks)  [all GPUs, or 2 on CPU]
@@ -40,6 +42,10 @@ fi
 : "${MODEL_BASE:=lmsys/vicuna-7b-v1.5}" "${VISION_TOWER:=openai/clip-vit-large-patch14-336}"
 : "${DATA_PATH:=./playground/data/llava_v1_5_mix665k.json}" "${IMAGE_FOLDER:=./playground/data}"
 : "${REDUCTION:=tok64}" "${REDUCTION_OVERRIDES:=}" "${LORA:=0}" "${BATCH_PER_DEVICE:=16}" "${GRAD_ACCUM:=1}"
+if [[ "$RECIPE" == "paper" && "$REDUCTION" == voco-* ]]; then
+    : "${EPOCHS:=2}"  # VoCo-LLaMA's own recipe: 2 epochs at lr 2e-5 (LLaVA-1.5: 1); EPOCHS=1 for LLaVA's budget
+    echo "REDUCTION=$REDUCTION: VoCo-LLaMA recipe, EPOCHS=$EPOCHS" >&2
+fi
 : "${EPOCHS:=1}" "${MAX_STEPS:=-1}" "${MODEL_MAX_LENGTH:=2048}" "${SAVE_STEPS:=50000}" "${WORKERS:=4}"
 : "${REPORT_TO:=none}" "${DS_CONFIG:=./scripts/zero3.json}" "${PRECISION:=bf16}" "${ON_BAD_SAMPLE:=raise}"
 : "${OUTPUT_DIR:=./checkpoints/llava-v1.5-7b-hidrop-${REDUCTION}}"

@@ -32,3 +32,27 @@ def tiny_pretrained(tiny_assets, tmp_path_factory):
                                "DATA_PATH": tiny_assets["pretrain"], "IMAGE_FOLDER": tiny_assets["images"],
                                "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "OVERWRITE": "1"})
     return out
+
+
+@pytest.fixture(scope="session")
+def upstream_checkpoints(tiny_assets, tmp_path_factory):
+    """The tiny model in upstream LLaVA's layout and in ours (tests/upstream_fixtures.py), for the drop-in tests."""
+    from upstream_fixtures import build_upstream_checkpoints
+
+    return build_upstream_checkpoints(tiny_assets, tmp_path_factory.mktemp("upstream_ckpts"))
+
+
+@pytest.fixture(autouse=True)
+def _models_load_on_the_cpu_in_cpu_tests(request, monkeypatch):
+    """``load_pretrained_model`` puts a model on the GPU when there is one (upstream's default), while these tests
+    build their inputs on the CPU: on a GPU machine they load on the CPU too, unless they name a device.
+    tests/test_gpu.py picks its devices itself. A no-op without CUDA."""
+    import torch
+
+    if request.node.path.name == "test_gpu.py" or not torch.cuda.is_available():
+        return
+    from llava.model import builder
+
+    resolve = builder._resolve_device
+    monkeypatch.setattr(builder, "_resolve_device", lambda device, device_map: resolve(
+        "cpu" if device is None and device_map in (None, "auto") else device, device_map))

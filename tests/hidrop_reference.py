@@ -101,6 +101,15 @@ def reference_scores(layer, rotary, h, positions, active, vis, queries_before, c
     return scores
 
 
+def reference_twig_input(twig, rotary, h, positions, active):
+    """The input of the twig's last layer: the twig's other layers on ``h`` (layer K's output), with the tokens
+    present at layer K (masked as the base's layers mask them)."""
+    mask = _mask(active, h.dtype)
+    for layer in twig.layers[:-1]:
+        h = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=rotary(h, positions))
+    return h
+
+
 def reference_positions(reduction, layer, num_layers, valid, vis, active, full_positions, group_offset):
     """RoPE positions at ``layer`` (1-based) under the schedule's position scheme, per token of the full sequence."""
     if reduction.position_scheme == "group":
@@ -210,6 +219,8 @@ def reference_forward(model, batch, reduction, kept_per_stage):
                 cur_cols.append(cols if cols else [0] * 0)
             # next: layer i + 1 reads layer i's output; same: layer i's own attention on its input
             scorer, scored = (lm.layers[i], h) if reduction.score_layer == "next" else (layer, h_in)
+            if reduction.score_layer == "twig":  # TwigVLM: the twig's last layer on its input, the twig on layer i's output
+                scorer, scored = model.twig.layers[-1], reference_twig_input(model.twig, lm.rotary_emb, h, positions, active)
             keep = kept_per_stage[stage]
             if reduction.selection == "dual_attention":
                 probs = reference_probs(scorer, lm.rotary_emb, scored, positions, active)

@@ -48,8 +48,10 @@ def test_dry_run_commands_parse(study, recipe):
     trained, evaluated, schedules = set(), set(), {}
     for argv in commands:
         env, cmd = _split_env(argv)
+        # every printed line carries what _sweep.sh exports, so that it runs the same when pasted into a new shell
+        assert env["RECIPE"] == recipe and env["DATA_ROOT"], argv
         if cmd[:2] == ["bash", "scripts/pretrain.sh"] or cmd[:2] == ["bash", "scripts/finetune.sh"]:
-            printed = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, RECIPE=recipe, PRINT_ARGS_ONLY="1", **env),
+            printed = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PRINT_ARGS_ONLY="1", **env),
                                      capture_output=True, text=True)
             assert printed.returncode == 0, printed.stderr
             args = train_parser().parse_args([*printed.stdout.splitlines(), *cmd[2:]])
@@ -81,3 +83,35 @@ def test_only_and_bad_settings():
     bad = subprocess.run(["bash", str(REPO / "scripts" / "ablations" / "topk.sh")], cwd=REPO,
                          env=dict(os.environ, DRY_RUN="1", RECIPE="huge"), capture_output=True, text=True)
     assert bad.returncode == 2 and "RECIPE" in bad.stderr
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"ONLY": "nonexistent"}, "ONLY: 'nonexistent' is no setting of the exit study"),
+    ({"ONLY": "exit-5,exit-55"}, "ONLY: 'exit-55' is no setting"),
+    ({"BENCHES": "gqa bogus"}, "BENCHES: no benchmark 'bogus'"),
+    ({"SEEDS": "1 abc"}, "SEEDS: 'abc' is not a whole number"),
+])
+def test_selection_that_matches_nothing_is_refused_before_any_command(env, message):
+    """Checked up front in both modes: a real run (DRY_RUN=0) stops before training, printing and running nothing."""
+    for dry in ("1", "0"):
+        out = subprocess.run(["bash", str(REPO / "scripts" / "ablations" / "exit.sh")], cwd=REPO,
+                             env=dict(os.environ, RECIPE="tiny", DRY_RUN=dry, CKPT_ROOT="/nonexistent/ckpts", **env),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert out.stdout == "" and "==" not in out.stderr  # no command printed, nothing started
+
+
+def test_a_printed_line_reproduces_the_run_in_a_fresh_shell():
+    """A DRY_RUN=1 line pasted into an environment without RECIPE, DATA_ROOT or the caller's pass-through settings
+    (MAX_STEPS here) runs what the sweep would have run: the tiny recipe, 3 steps."""
+    line = next(c for c in _dry_run("exit", RECIPE="tiny", ONLY="exit-5", SEEDS="1", MAX_STEPS="3")
+                if "scripts/pretrain.sh" in c)
+    env, cmd = _split_env(line)
+    assert env["MAX_STEPS"] == "3"
+    fresh = {k: v for k, v in os.environ.items() if k not in ("RECIPE", "DATA_ROOT", "MAX_STEPS")}
+    printed = subprocess.run(line[:1] + [f"{k}={v}" for k, v in env.items()] + cmd, cwd=REPO,
+                             env=dict(fresh, PRINT_ARGS_ONLY="1"), capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    args = train_parser().parse_args([*printed.stdout.splitlines(), *cmd[2:]])
+    assert "demo" in args.model_name_or_path, args.model_name_or_path  # the tiny recipe's model, not Vicuna-7B
+    assert args.max_steps == 3

@@ -242,6 +242,9 @@ def test_kept_tokens_masks_equal_stage_records(env, tmp_path):
     # inject 2, 16 on layers 2-3, 8 on 4-5, 4 on 6, exit 7: (2 * 16 + 2 * 8 + 4) / 8
     assert data["vision_tokens_per_layer"] == [0, 16, 16, 8, 8, 4, 0, 0]
     assert data["realised_avg_vision_tokens"] == data["scheduled_avg_vision_tokens"] == 6.5
+    # MustDrop's counter: prune layers 3 and 5 count what they keep
+    assert data["vision_tokens_per_layer_after_filter"] == [0, 16, 8, 8, 4, 4, 0, 0]
+    assert data["realised_avg_vision_tokens_after_filter"] == 5.0
     assert data["patch_grid"]["size"] == 4 and not data["patch_grid"]["cls_token_first"]
     # The API draws over the tower's input: the 40x24 picture padded to a square with the processor's mean colour.
     from llava.analysis.common import LoadedModel

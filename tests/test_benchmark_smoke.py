@@ -35,6 +35,14 @@ def test_generation_benchmark_reports_kv_against_the_ideal():
     assert "RESULT | decode tokens/s, batch 1" in text and "interleaved" in text
 
 
+def test_generation_benchmark_speculative_runs():
+    text = _bench(str(REPO / "benchmarks" / "bench_generation.py"), "--speculative", "--hidden", "64", "--text", "64",
+                  "--new", "6", "--batches", "1,2", "--reps", "1", "--vocab", "128", "--layers", "8")
+    # the twig agrees with the base by construction: every drafted token is kept
+    assert "RESULT | speculative decode tokens/s, batch 1" in text and "acceptance 1.000" in text
+    assert "| 2 |" in text and "interleaved" in text
+
+
 def test_parallel_vision_benchmark_runs():
     text = _bench(str(REPO / "benchmarks" / "bench_parallel_vision.py"), "--hidden", "64", "--text", "64", "--batch",
                   "1", "--reps", "1", "--tower", "1,32,64", "--vocab", "128")
@@ -75,3 +83,39 @@ def test_tok64_scaled_to_fewer_layers_keeps_its_shape():
         assert red.keep_counts == PRESETS["tok64"].keep_counts
     with pytest.raises(SystemExit, match="at least 11 layers"):
         tok64_for_depth(10)
+
+
+def test_peer_benchmark_checks_tokens_through_transformers_llava(monkeypatch, capsys):
+    """bench_vs_transformers.py on a tiny shape, one repetition: off's tokens and first logits are checked against
+    transformers' own LlavaForConditionalGeneration (same weights through the converter's functions) before any
+    timing, at two batch sizes, and every figure is printed. In-process: a subprocess would spend most of the
+    test importing torch and transformers again."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_vs_transformers import main
+
+    monkeypatch.setattr(sys, "argv", ["bench_vs_transformers.py", "--hidden", "64", "--layers", "11", "--text", "40",
+                                      "--new", "3", "--batches", "1,2", "--reps", "1", "--vocab", "128", "--device",
+                                      "cpu"])
+    main()
+    text = capsys.readouterr().out
+    for batch in (1, 2):
+        assert f"batch {batch}: off generates transformers' 3 tokens exactly" in text
+        assert f"RESULT | vs transformers (prefill / generate), batch {batch} | off " in text
+    assert text.count("| 2 | generate 3 |") == 1 and "| 1 | prefill |" in text
+
+
+def test_peer_benchmark_refuses_to_time_different_tokens():
+    import pytest
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_vs_transformers import check_same_tokens
+
+    ref = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    wrong = ref.clone()
+    wrong[1, 2] = 9
+    same = {"transformers": lambda n: ref, "off": lambda n: ref, "tok64": lambda n: wrong}
+    assert check_same_tokens(same, 2, 3) == pytest.approx(5 / 6)
+    with pytest.raises(SystemExit, match="batch 2: off generates different tokens from transformers \\(first "
+                                         "difference at new token 2: \\[7, 7\\] vs \\[7, 9\\]\\); no timings reported"):
+        check_same_tokens({**same, "off": lambda n: wrong}, 2, 3)

@@ -16,15 +16,10 @@ import torch
 from PIL import Image
 
 from llava.demo import digits
-from llava.demo.build_assets import (
-    POPE_SPLITS,
-    BuildConfig,
-    DemoPaths,
-    _conversation_qas,
-    build_assets,
-    build_finetune,
-    build_parser,
-)
+from llava.demo.build_assets import build_assets, build_parser
+from llava.demo.eval_sets import POPE_SPLITS
+from llava.demo.layout import BuildConfig, DemoPaths
+from llava.demo.train_data import build_finetune, conversation_qas
 
 SA = "\n" + digits.SHORT_ANSWER_PROMPT
 OL = "\n" + digits.OPTION_LETTER_PROMPT
@@ -258,7 +253,7 @@ def test_conversation_questions_do_not_leak_answers() -> None:
         grid = digits.sample_grid(pool, rng)
         cells: set[int] = set()
         known: set[int] = set()
-        for qa in _conversation_qas(grid, rng, 5):
+        for qa in conversation_qas(grid, rng, 5):
             if qa.cell is not None:
                 assert qa.cell not in cells
                 cells.add(qa.cell)

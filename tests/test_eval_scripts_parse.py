@@ -13,13 +13,16 @@ import pytest
 
 SCRIPTS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "eval")
 BENCH_SCRIPTS = ("gqa", "vqav2", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmbench_cn", "seed", "mmstar")
-ENV_VARS = ("MODEL_PATH", "MODEL_BASE", "VISION_TOWER_PATH", "ON_MISMATCH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "PYTHON")
+ENV_VARS = ("MODEL_PATH", "MODEL_BASE", "VISION_TOWER_PATH", "ON_MISMATCH", "CKPT", "LABEL", "DATA_ROOT", "RESULTS_DIR", "CHUNKS", "CUDA_VISIBLE_DEVICES", "REDUCTION", "REDUCTION_OVERRIDES", "BATCH_SIZE", "MAX_NEW_TOKENS", "SPECULATIVE", "PYTHON")
 COMMAND = re.compile(r"\$\{?PYTHON\}?\s+-m\s+llava\.eval\.(\w+)(.*)")
 # Values a variable takes in the dummy substitution: numeric flags need numbers, and _common.sh's run_chunks
 # receives the benchmark name as $bench. Anything else becomes "dummy_<NAME>".
-DUMMY = {"CHUNKS": "2", "idx": "1", "IDX": "1", "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "16", "bench": "gqa", "ON_MISMATCH": "error"}
+DUMMY = {"CHUNKS": "2", "idx": "1", "IDX": "1", "BATCH_SIZE": "4", "MAX_NEW_TOKENS": "16", "bench": "gqa", "ON_MISMATCH": "error",
+         # flag arrays expanded as "${NAME[@]}": their words when set
+         "LIMIT_FLAG": "--limit 3", "REUSE_FLAG": "--reuse-image-cache", "SPECULATIVE_FLAG": "--speculative twig"}
 # Optional variables are empty by default; the commands must also parse that way.
-EMPTY_BY_DEFAULT = ("MODEL_BASE", "VISION_TOWER_PATH", "REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE")
+EMPTY_BY_DEFAULT = ("MODEL_BASE", "VISION_TOWER_PATH", "REDUCTION", "REDUCTION_OVERRIDES", "MAX_NEW_TOKENS", "JUDGE",
+                    "LIMIT_FLAG", "REUSE_FLAG", "SPECULATIVE_FLAG")
 
 
 def _script_paths() -> list[str]:
@@ -33,6 +36,8 @@ def _substitute(text: str, values: dict[str, str]) -> str:
     def alternate(m: re.Match) -> str:
         return _substitute(m.group(2), values) if values.get(m.group(1), f"dummy_{m.group(1)}") else ""
 
+    # "${ARR[@]}": the array's words (several arguments, or none), not one quoted argument
+    text = re.sub(r'"\$\{(\w+)\[@\]\}"', lambda m: values.get(m.group(1), f"dummy_{m.group(1)}"), text)
     text = re.sub(r"\$\{(\w+):?\+([^}]*)\}", alternate, text)
     text = re.sub(r"\$\{(\w+)(?:\[[^]]*\])?(?::?[-=+][^}]*)?\}", lambda m: values.get(m.group(1), f"dummy_{m.group(1)}"), text)
     return re.sub(r"\$(\w+)", lambda m: values.get(m.group(1), f"dummy_{m.group(1)}"), text)

@@ -386,3 +386,25 @@ def test_convert_refuses_doubled_and_incomplete_lines(tmp_path: Path) -> None:
     no_text = write_lines(tmp_path / "no_text.jsonl", [{"question_id": "201", "prompt": "x"}])
     with pytest.raises(EvalDataError, match="no_text.jsonl, line 1: no text"):
         _convert("gqa", no_text, tmp_path / "out.json")
+
+
+# ------------------------------------------------------------------------------------------- LIMIT: a quick subset
+@pytest.mark.parametrize("bench", sorted(CASES))
+def test_a_limited_run_scores_its_subset_and_says_so(bench: str, tmp_path: Path, capsys) -> None:
+    """The eval scripts' LIMIT=N: the runner answers the first N questions, and ``score --limit N`` scores exactly
+    those against the full ground truth (scorers that walk the ground truth, like GQA's, would otherwise count the
+    unasked questions as missing or wrong), with a line saying it is a subset."""
+    case, n = CASES[bench], 2
+    adapter = get_benchmark(bench)
+    questions = adapter.load_questions(case.runner_questions)
+    adapter.load_image = lambda question, folder: None  # the fixtures ship no images
+    answers = tmp_path / "subset.jsonl"
+    generate_answers(ScriptedBackend(case.outputs[:n]), adapter, questions[:n], "", str(answers), 1,
+                     adapter.max_new_tokens, {"model_id": "ours", "run_id": "r1"})
+    res = score_file(tmp_path, bench, answers, ["--limit", str(n), *with_questions(bench)])
+    assert res["details"]["subset"] == {"limit": n, "questions": n, "of": len(questions)}
+    assert res["num_scored"] == n  # only the subset's questions count, not the unasked ones
+    assert f"subset: the first {n} of the {len(questions)} questions" in capsys.readouterr().out
+    # a subset scored as if it were the whole question file is refused: n answers do not cover its questions
+    with pytest.raises(EvalDataError, match="unanswered"):
+        score_file(tmp_path, bench, answers, with_questions(bench))

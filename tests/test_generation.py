@@ -70,8 +70,10 @@ def test_generate_rejects_right_padding():
 def test_generate_rejects_unsupported_arguments():
     model = tiny_model(seed=9)
     batch = random_batch(model, [10, 8], [2, 2], left_pad=True, with_labels=False, seed=9)
-    with pytest.raises(TypeError, match="num_beams"):
+    with pytest.raises(ValueError, match="num_beams=4: beam search is not supported"):  # upstream's argument
         model.generate(**batch, max_new_tokens=2, num_beams=4)
+    with pytest.raises(TypeError, match="repetition_penalty"):
+        model.generate(**batch, max_new_tokens=2, repetition_penalty=1.2)
 
 
 @pytest.mark.parametrize("red", SCHEDULES[1:], ids=lambda r: r.name)

@@ -83,3 +83,50 @@ def test_parallel_vision_on_a_side_stream_changes_nothing():
     for (name, p), q in zip(on.named_parameters(), off.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+def test_speculative_decoding_equals_plain_on_gpu(attn):
+    """Self-speculative greedy decoding with a twig, batch > 1 with left padding: rows keep different numbers of
+    drafted tokens; with flash attention the holes they leave are compacted (llava.model.speculative)."""
+    if attn.startswith("flash"):
+        pytest.importorskip("flash_attn")
+    from test_speculative import TWIG_SCHEDULE, _agreeing
+
+    from llava.model.speculative import SpeculativeStats
+    from llava.model.twig import TwigSpec
+
+    V = 97
+    shift = torch.arange(V)
+    shift[::2] = torch.roll(shift[::2], 1)  # agrees on odd tokens only: rows keep different numbers
+    model = tiny_model(seed=4, num_layers=6, attn=attn)
+    model.add_twig(TwigSpec(2, 2))
+    model = _agreeing(model, shift=shift).to(CUDA, torch.bfloat16 if attn.startswith("flash") else torch.float32)
+    batch = _to(random_batch(model, [14, 9, 12], [3, None, 2], left_pad=True, with_labels=False, seed=7), CUDA)
+    plain = model.generate(**batch, reduction=TWIG_SCHEDULE, max_new_tokens=16, eos_token_id=-1)
+    stats = SpeculativeStats()
+    spec = model.generate(**batch, reduction=TWIG_SCHEDULE, max_new_tokens=16, eos_token_id=-1, speculative="twig",
+                          speculative_stats=stats)
+    assert torch.equal(plain, spec)
+    assert 0 < stats.acceptance_rate < 1
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_load_8bit_and_4bit_through_bitsandbytes(upstream_checkpoints, bits):
+    """Upstream's load_8bit / load_4bit: the language model's linear layers quantized, tower and projector not,
+    and the model answers; its logits stay near the float16 model's."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from llava.model.builder import load_pretrained_model
+
+    path = upstream_checkpoints["upstream"]
+    tokenizer, model, _, _ = load_pretrained_model(path, None, "llava-v1.5-7b", load_8bit=bits == 8,
+                                                   load_4bit=bits == 4)
+    _, ref, _, _ = load_pretrained_model(path, None, "llava-v1.5-7b")
+    kind = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
+    assert isinstance(model.model.layers[0].self_attn.q_proj, kind)
+    assert not isinstance(model.model.mm_projector[0], kind)
+    ids = torch.tensor([[tokenizer.bos_token_id, 5, 6, 7, 8]], device=CUDA)
+    with torch.no_grad():
+        a, b = model(ids).logits.float(), ref(ids).logits.float()
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
+    assert model.generate(ids, max_new_tokens=4, eos_token_id=-1).shape == (1, 4)  # no EOS: all 4 tokens

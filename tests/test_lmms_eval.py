@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -425,3 +426,128 @@ def test_pyproject_declares_the_entry_point_and_the_extra():
         for req in project["optional-dependencies"].get("lmms", [])
     }
     assert {"evaluate", "loguru", "pytablewriter", "pytz", "sacrebleu", "tenacity"} <= extra
+
+
+# ------------------------------------------------------------------------------------------------ the documented command
+def _documented_command() -> str:
+    """The lmms-eval command of docs/Evaluation.md, continuation lines joined; the README shows the same one."""
+    section = (REPO / "docs" / "Evaluation.md").read_text().split("## lmms-eval", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    command = " ".join(line.rstrip().rstrip("\\").strip() for line in block.strip().splitlines())
+    assert command.startswith("python -m lmms_eval --model hidrop_llava") and "--tasks mme" in command
+    assert f"`{command}`" in (REPO / "README.md").read_text()
+    return command
+
+
+@pytest.fixture(scope="module")
+def tok64_checkpoint(tmp_path_factory):
+    """A tiny checkpoint the documented preset runs on: 32 layers (tok64 prunes after 10..18, exits before 25) and
+    256 vision tokens (its first stage keeps 215); random weights, 64 wide."""
+    from tiny import tiny_config
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from llava.model import LlavaLlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tok64")
+    assets = build_tiny_assets(root / "assets", num_samples=4)
+    tok = AutoTokenizer.from_pretrained(assets["llm"])
+    torch.manual_seed(0)
+    cfg = tiny_config(num_layers=32, vocab=len(tok), image_size=64, patch=4)
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    LlavaLlamaForCausalLM(cfg).save_pretrained(root / "ckpt")
+    tok.save_pretrained(root / "ckpt")
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(root / "ckpt")
+    return root / "ckpt"
+
+
+def _mme_data_root(root: Path) -> Path:
+    """$DATA_ROOT/MME in the eval scripts' layout: the MME fixture's 8 questions and ground truth, with images."""
+    import shutil
+
+    from PIL import Image as PILImage
+
+    fixture = REPO / "tests" / "fixtures" / "eval" / "mme"
+    mme = root / "MME"
+    shutil.copytree(fixture / "MME_Benchmark_release_version", mme / "MME_Benchmark_release_version")
+    shutil.copy(fixture / "llava_mme_all.jsonl", mme / "llava_mme.jsonl")
+    for n, line in enumerate((mme / "llava_mme.jsonl").read_text().splitlines()):
+        path = mme / "MME_Benchmark_release_version" / json.loads(line)["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.new("RGB", (40 + 8 * n, 30), (30 * n, 90, 200 - 20 * n)).save(path)
+    return root
+
+
+def test_the_documented_command_runs_offline_on_local_data(tok64_checkpoint, tmp_path):
+    """docs/Evaluation.md's command line, as written (CKPT filled in), in a fresh folder with DATA_ROOT pointing at
+    local MME files: lmms-eval finds the task, runs tok64, and reports our scorer's MME score for those answers."""
+    from llava.eval import score
+
+    data_root = _mme_data_root(tmp_path / "data")
+    command = _documented_command().replace("CKPT", str(tok64_checkpoint))
+    work = tmp_path / "run"
+    work.mkdir()
+    env = _plugin_env(tmp_path)
+    env.update(DATA_ROOT=str(data_root), PATH=os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]]))
+    proc = subprocess.run(["bash", "-c", command + " --log_samples --verbosity WARNING"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0 and "Tasks not found" not in log, log
+    results_files = list((work / "lmms_results").rglob("*_results.json"))
+    assert len(results_files) == 1, log
+    got = json.loads(results_files[0].read_text())["results"]["mme"]["score,none"]
+    # the same answers through llava.eval.score (MME: perception total)
+    samples = [json.loads(line) for line in next((work / "lmms_results").rglob("*_samples_mme.jsonl")).read_text()
+               .splitlines()]
+    assert len(samples) == 8
+    questions = [json.loads(line) for line in (data_root / "MME" / "llava_mme.jsonl").read_text().splitlines()]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({**questions[s["doc_id"]], "prompt": questions[s["doc_id"]]["text"],
+                                           "text": s["filtered_resps"][0]}) + "\n" for s in samples))
+    result = tmp_path / "mme.json"
+    score.main(["--bench", "mme", "--answers-file", str(answers), "--annotation-dir",
+                str(data_root / "MME" / "MME_Benchmark_release_version"), "--result-file", str(result)])
+    assert got == pytest.approx(json.loads(result.read_text())["score"])
+
+
+def test_a_task_without_its_local_files_names_them(tmp_path, monkeypatch):
+    """No hub fallback: the task stops at the first missing file of the eval scripts' layout, naming it."""
+    from lmms_eval.tasks import TaskManager
+
+    from llava.eval.lmms_tasks import TASK_DIR
+    from llava.eval.lmms_tasks.task import TASKS, LocalBenchmarkTask
+
+    assert {p.stem for p in Path(TASK_DIR).glob("*.yaml")} == set(TASKS)
+    assert set(TaskManager("ERROR", include_path=TASK_DIR).all_tasks) == set(TASKS)  # every YAML indexes
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"missing MME question file .*nowhere/MME/llava_mme\.jsonl"):
+        LocalBenchmarkTask({"task": "mme", "class": LocalBenchmarkTask})
+
+
+def test_a_limited_task_scores_its_subset_and_says_so(tmp_path, monkeypatch, caplog):
+    """lmms-eval's --limit N hands the task the first N answers: our scorer scores those questions only (as
+    ``llava.eval.score --limit``), and the log says it is a subset."""
+    from llava.eval import score
+    from llava.eval.lmms_tasks.task import LocalBenchmarkTask
+
+    data_root = _mme_data_root(tmp_path / "data")
+    monkeypatch.setenv("DATA_ROOT", str(data_root))
+    task = LocalBenchmarkTask({"task": "mme"})
+    docs = list(task.test_docs())
+    image_file = data_root / "MME" / "MME_Benchmark_release_version" / "existence" / "img1.jpg"
+    from PIL import Image as PILImage
+
+    assert len(docs) == 8 and task.doc_to_visual(docs[0])[0].size == PILImage.open(image_file).size
+    texts = ["Yes", "No", "yes", "no"]
+    with caplog.at_level("INFO", logger="llava.eval.lmms_tasks"):
+        got = task.aggregation()["score"]([{"index": d["index"], "text": t} for d, t in zip(docs, texts)])
+    assert "subset, the 4 answered of the 8 questions" in caplog.text
+    answers = tmp_path / "answers.jsonl"
+    qfile = data_root / "MME" / "llava_mme.jsonl"
+    questions = [json.loads(line) for line in qfile.read_text().splitlines()]
+    answers.write_text("".join(json.dumps({**q, "prompt": q["text"], "text": t}) + "\n"
+                               for q, t in zip(questions, texts)))
+    result = tmp_path / "mme.json"
+    score.main(["--bench", "mme", "--answers-file", str(answers), "--question-file", str(qfile), "--limit", "4",
+                "--annotation-dir", str(data_root / "MME" / "MME_Benchmark_release_version"), "--result-file",
+                str(result)])
+    assert got == pytest.approx(json.loads(result.read_text())["score"])

@@ -101,7 +101,9 @@ def test_batch_equals_single(left_pad):
             one = {"input_ids": batch["input_ids"][b : b + 1, cols],
                    "attention_mask": batch["attention_mask"][b : b + 1, cols], "images": batch["images"][b : b + 1]}
             alone = model(**one, reduction=red, count_vision=True)
-            assert torch.equal(alone.decoder.vision_counts[0], together.decoder.vision_counts[b]), f"row {b}"
+            for convention in ("entering", "after_filter"):
+                a = getattr(alone.decoder.vision_counts, convention)[0]
+                assert torch.equal(a, getattr(together.decoder.vision_counts, convention)[b]), f"row {b} {convention}"
             for s_one, s_all in zip(alone.stages, together.stages):
                 assert _kept_ids(s_one, 0) == _kept_ids(s_all, b)
             rows = together.token_valid[b].nonzero().flatten()
@@ -110,7 +112,7 @@ def test_batch_equals_single(left_pad):
             if left_pad:
                 gen_one = model.generate(**one, max_new_tokens=5, reduction=red, eos_token_id=-1)
                 assert torch.equal(gen_one[0], generated[b]), f"row {b}"
-    assert len({int(c) for c in together.decoder.vision_counts[:, -1]}) > 1  # the counts differ per sample
+    assert len({int(c) for c in together.decoder.vision_counts.entering[:, -1]}) > 1  # the counts differ per sample
 
 
 @pytest.mark.parametrize("schedule", [
@@ -195,20 +197,29 @@ def test_realised_tokens_through_the_eval_script(tiny_assets, tmp_path):
                 "score_query=all_text position_scheme=compacted local_merge=true merge_threshold=0.3 merge_window=2 "
                 "key_ratio=0.25 kv_policy=final topk=hard")
     data = build_gqa_eval(tmp_path / "eval")
-    eval_gqa(data, ckpt, REDUCTION_OVERRIDES=schedule, VISION_TOWER_PATH=tiny_assets["clip"])
+    printed = eval_gqa(data, ckpt, REDUCTION_OVERRIDES=schedule, VISION_TOWER_PATH=tiny_assets["clip"]).stdout
     answers = next((data / "gqa" / "answers").rglob("1_0.jsonl"))
     lines = [json.loads(x) for x in answers.read_text().splitlines()]
-    assert all(len(a["vision_tokens"]) == 4 for a in lines)
+    assert all(len(a["vision_tokens"]) == len(a["vision_tokens_after_filter"]) == 4 for a in lines)
+    # MustDrop's counter: the filter layers (2 and 3) count what they keep, i.e. what enters the next layer
+    assert all(a["vision_tokens_after_filter"][1:3] == a["vision_tokens"][2:4] for a in lines)
+    assert all(a["vision_tokens_after_filter"][::3] == a["vision_tokens"][::3] for a in lines)
     run = json.loads(next((data / "gqa" / "answers").rglob("merge.jsonl.run.json")).read_text())
     assert run["data_dependent"] and run["realised_samples"] == len(lines)
     expected = [sum(a["vision_tokens"][i] for a in lines) / len(lines) for i in range(4)]
+    after = [sum(a["vision_tokens_after_filter"][i] for a in lines) / len(lines) for i in range(4)]
     assert run["realised_vision_tokens_per_layer"] == pytest.approx(expected)
+    assert run["realised_vision_tokens_after_filter_per_layer"] == pytest.approx(after)
     result = json.loads(next((data / "results").rglob("gqa.json")).read_text())
     assert result["run"]["realised_avg_vision_tokens"] == pytest.approx(sum(expected) / 4)
+    assert result["run"]["realised_avg_vision_tokens_after_filter"] == pytest.approx(sum(after) / 4)
+    assert (f"GQA realised vision tokens per layer: {sum(expected) / 4:.2f} at the layers' inputs, "
+            f"{sum(after) / 4:.2f} counting each prune layer after its filter") in printed
     printed = subprocess.run([sys.executable, "-m", "llava.eval.efficiency", "--llm", "vicuna-7b", "--run-info",
                               str(next((data / "results").rglob("gqa.json")))], capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr
     assert f"avg_vision_tokens={sum(expected) / 4:.2f}" in printed.stdout and "vision_tflops=" in printed.stdout
+    assert f"avg_vision_tokens_after_filter={sum(after) / 4:.2f}" in printed.stdout
 
 
 @pytest.mark.parametrize("shape", [

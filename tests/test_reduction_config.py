@@ -56,6 +56,19 @@ def test_depth_dependent_validation():
     PRESETS["tok64"].validate_for(32, 576)
 
 
+def test_a_schedule_without_exit_is_refused_by_depth_not_by_a_phantom_exit():
+    """pdrop-64 / mustdrop-64 have no exit; on 8 layers they were refused with "must be < exit_layer=9", the
+    resolved never-exit value that names no layer of the schedule."""
+    for name in ("pdrop-64", "mustdrop-64", "fastv"):
+        with pytest.raises(ReductionConfigError) as e:
+            PRESETS[name].validate_for(2, 576)
+        assert "(the schedule has no exit)" in str(e.value) and "exit_layer=" not in str(e.value), str(e.value)
+    with pytest.raises(ReductionConfigError, match=r"prune layer 16 must be < num_layers=8 \(the schedule has no exit\)"):
+        PRESETS["pdrop-64"].validate_for(8, 576)
+    with pytest.raises(ReductionConfigError, match=r"exit_layer=10 must be <= num_layers \+ 1 = 9"):  # a real exit
+        ReductionConfig(prune_layers=(5,), keep_counts=(4,), exit_layer=10).validate_for(8, 64)
+
+
 def test_overrides_parse_typed_values_without_eval():
     o = parse_overrides(["exit_layer=24", "keep_counts=215,10,5,1", "topk=hard", "learn_threshold=true"])
     assert o == {"exit_layer": 24, "keep_counts": (215, 10, 5, 1), "topk": "hard", "learn_threshold": True}
@@ -84,16 +97,17 @@ def test_table2_tflops(llm, schedule, tflops):
     assert round(vision_tflops(counts, d, m), 2) == pytest.approx(tflops, abs=0.011)
 
 
-def test_efficiency_cli_prints_key_values():
+def test_efficiency_cli_prints_key_values(capsys):
+    # one real command line (the module runs as a program); the other cases call its main() in this process
     out = subprocess.run([sys.executable, "-m", "llava.eval.efficiency", "--llm", "vicuna-7b", "--schedule", "tok64",
                           "--text-tokens", "100"], capture_output=True, text=True, check=True).stdout
     kv = dict(line.split("=", 1) for line in out.strip().splitlines())
     assert kv["avg_vision_tokens"] == "64.00" and kv["vision_tflops"] == "0.42"
     assert float(kv["total_tflops"]) > float(kv["vision_tflops"])
-    out = subprocess.run([sys.executable, "-m", "llava.eval.efficiency", "--layers", "32", "--hidden", "4096",
-                          "--ffn", "11008", "--counts", "576x8,288x8,144x8,72x8"], capture_output=True, text=True, check=True).stdout
-    kv = dict(line.split("=", 1) for line in out.strip().splitlines())
+    from llava.eval.efficiency import main
+
+    main(["--layers", "32", "--hidden", "4096", "--ffn", "11008", "--counts", "576x8,288x8,144x8,72x8"])
+    kv = dict(line.split("=", 1) for line in capsys.readouterr().out.strip().splitlines())
     assert kv["avg_vision_tokens"] == "270.00" and kv["vision_tflops"] == "1.78"
-    bad = subprocess.run([sys.executable, "-m", "llava.eval.efficiency", "--llm", "vicuna-7b", "--counts", "576x8"],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "32 layers" in bad.stderr
+    assert main(["--llm", "vicuna-7b", "--counts", "576x8"]) == 2
+    assert "32 layers" in capsys.readouterr().err

@@ -139,7 +139,7 @@ def expected(loaded, image: str, turns: list[tuple[str, str | None]], reduction=
     tokens, counts = model.generate(prompt_ids(tokenizer, turns), images=pixels_of(image, processor, model),
                                     do_sample=False, max_new_tokens=max_new, eos_token_id=tokenizer.eos_token_id,
                                     pad_token_id=tokenizer.pad_token_id, reduction=reduction, return_vision_counts=True)
-    return tokenizer.decode(tokens[0], skip_special_tokens=True).strip(), float(counts[0].float().mean())
+    return tokenizer.decode(tokens[0], skip_special_tokens=True).strip(), float(counts.entering[0].float().mean())
 
 
 def chat(client, question, image, preset="checkpoint", overrides="", temperature=0.0, top_p=1.0, max_new=MAX_NEW):
@@ -218,7 +218,8 @@ def test_stream_is_generate_token_by_token(loaded, checkpoint, preset, overrides
             assert torch.is_grad_enabled()  # no_grad never spans a yield (gradio resumes on other threads)
             assert got == ref[0, : len(got)].tolist(), f"{red.name} {case}: diverged at token {len(got)}"
         assert got == ref[0].tolist(), f"{red.name} {case}"
-        assert stream.prefill is not None and stream.prefill.vision_counts == counts[0].tolist()
+        assert stream.prefill is not None and stream.prefill.vision_counts == counts.entering[0].tolist()
+        assert stream.prefill.vision_counts_after_filter == counts.after_filter[0].tolist()
         assert stream.prefill.seconds > 0 and stream.decode_seconds > 0
     # An EOS in the middle: both stop right after it, EOS included.
     ref = model.generate(ids, images=pixels, max_new_tokens=20, reduction=red, pad_token_id=tokenizer.pad_token_id,
@@ -354,6 +355,45 @@ def test_a_schedule_the_model_cannot_run_is_a_schedule_message(client, checkpoin
     failed = chat(client, "Is it even?", img, preset="mustdrop-64", overrides="prune_layers=1,2")
     assert "merge_window" in failed["notice"] and "Traceback" not in failed["notice"]
     assert texts(failed["chatbot"]) == texts(ok["chatbot"])
+
+
+def test_the_picker_marks_the_presets_this_model_cannot_run_and_says_why(server, client, loaded):
+    """14 of the presets were offered as if they could run; each was refused only once picked. The page's own
+    config: every preset that does not fit is marked in the list, and the accordion under it gives each reason,
+    the very message the page gives when that preset is picked."""
+    from llava.serve.chat_engine import ChatEngine
+
+    tokenizer, model, processor, context_len = loaded
+    with urllib.request.urlopen(server["url"] + "config", timeout=10) as r:
+        config = json.loads(r.read())
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    choices = [tuple(c) for c in props["schedule"]["choices"]]
+    unfit = ChatEngine(tokenizer, model, processor, context_len).unfit_presets()
+    assert "off" in dict(choices).values() and unfit and "tok64" in unfit
+    assert sorted(value for _, value in choices) == sorted(["checkpoint", *PRESETS])
+    for label, value in choices:
+        assert label.endswith("(does not fit this model)") == (value in unfit), (label, value)
+    reasons = props["unfit_presets"]["value"]
+    for name, reason in unfit.items():
+        assert client.predict(name, "", api_name="/check_schedule") == f"⚠ Invalid schedule: {reason}"
+        assert f"- `{name}`: " in reasons
+    for name in set(PRESETS) - set(unfit):
+        assert not client.predict(name, "", api_name="/check_schedule").startswith("⚠")
+    assert "must be < exit_layer" not in reasons  # presets without an exit are refused by depth, not a phantom exit
+
+
+def test_merging_and_key_sets_run_and_the_page_counts_real_tokens(client, checkpoint, loaded):
+    """A key set on a grid the merge window does not divide answers (before: "Internal error ... not divisible by
+    window 3" on every question); with local merging the stats and the map count the 4 merged tokens, not the
+    8 and 4 slots the top-k stages keep (before: "kept: 8 after layer 2, 4 after layer 3")."""
+    img = checkpoint["image"]
+    key_set = chat(client, "What digit is this?", img, overrides="key_ratio=0.1")
+    assert key_set["notice"] == "" and last_answer(key_set["chatbot"]), key_set
+    merged = chat(client, "Is it even?", img, overrides="local_merge=true merge_window=2 merge_threshold=-1")
+    assert merged["notice"] == "", merged["notice"]
+    assert "**2.00** of 16" in merged["stats"]  # 4 tokens on layers 2 and 3 of 4
+    assert "kept: 4 after local merging, 4 after layer 2, 4 after layer 3" in merged["stats"]
+    assert_not_blank(Image.open(merged["kept_map"]), "the kept-token map")
 
 
 def test_a_failing_answer_is_one_line_and_forgets_the_turn(checkpoint, loaded, monkeypatch, caplog):

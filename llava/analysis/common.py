@@ -75,8 +75,21 @@ def build_parser(
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                    help="auto: float16 on GPU, float32 on CPU")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", required=True, type=output_dir_arg,
+                   help="folder for <tool>.json and <tool>.png (created; an existing file there is refused)")
     return p
+
+
+def output_dir_arg(text: str) -> str:
+    """``--output-dir``: refused at parse time, before any model loads, when it or a folder above it is a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    parent = os.path.abspath(text)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {parent} is a file")
+    return text
 
 
 def _number_list(text: str, flag: str, cast: type, what: str) -> list:
@@ -289,7 +302,7 @@ def run_layers(
         # the model's own splice, vision stage included (MustDrop's merging and key set when the schedule has them)
         mm = model.multimodal_batch(batch.input_ids, batch.attention_mask, batch.images, None, red)
         observe = make_observer(mm) if make_observer is not None else None
-        out = run_decoder(model.model, mm, red, None, observe=observe)
+        out = run_decoder(model.model, mm, red, None, observe=observe, twig=getattr(model, "twig", None))
     return out, mm
 
 

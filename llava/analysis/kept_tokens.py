@@ -30,7 +30,7 @@ import math
 import os
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -75,11 +75,13 @@ class StageLike(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------- masks
-def kept_original_indices(stages: Sequence[StageLike]) -> list[torch.Tensor]:
+def kept_original_indices(stages: Sequence[StageLike], vision_valid: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per stage, the original patch indices of its survivors, [B, k_s], ascending.
 
     A stage may carry ``keep_valid`` [B, k] (selections that keep fewer than k tokens in some rows pad ``keep``
     with filler slots); filler entries, and entries that pick a filler slot of an earlier stage, are -1.
+    ``vision_valid`` [B, N] marks the slots that hold a token after the vision stage (local merging leaves
+    merged-away slots empty): the others are -1 from the start, so no stage can count them as kept.
     """
     out: list[torch.Tensor] = []
     current: torch.Tensor | None = None  # [B, n] original indices of the current candidates (-1: filler)
@@ -87,6 +89,8 @@ def kept_original_indices(stages: Sequence[StageLike]) -> list[torch.Tensor]:
         keep = st.keep.long().cpu()  # [B, k]
         if current is None:
             current = torch.arange(st.candidates).unsqueeze(0).expand(keep.shape[0], -1)  # [B, N]
+            if vision_valid is not None:
+                current = torch.where(vision_valid.cpu(), current, torch.full_like(current, -1))
         if current.shape[1] != st.candidates:
             raise ValueError(f"stage {s} (layer {st.layer}) has {st.candidates} candidates but the previous stage "
                              f"kept {current.shape[1]}; the stages are not consecutive stages of one forward")
@@ -98,13 +102,42 @@ def kept_original_indices(stages: Sequence[StageLike]) -> list[torch.Tensor]:
     return out
 
 
-def kept_patch_masks(stages: Sequence[StageLike], num_vision_tokens: int, sample: int = 0) -> torch.Tensor:
+def kept_patch_masks(stages: Sequence[StageLike], num_vision_tokens: int, sample: int = 0,
+                     vision_valid: torch.Tensor | None = None) -> torch.Tensor:
     """[S, N] bool: vision token j (original index) is still present after stage s, for batch row ``sample``."""
     masks = torch.zeros(len(stages), num_vision_tokens, dtype=torch.bool)
-    for s, idx in enumerate(kept_original_indices(stages)):
+    for s, idx in enumerate(kept_original_indices(stages, vision_valid)):
         row = idx[sample]
         masks[s, row[row >= 0]] = True
     return masks
+
+
+@dataclass
+class KeptPanels:
+    """What a kept-token map shows, one panel per stage: local merging in the tower first (when the schedule
+    merges), then each prune stage. Every count is of real tokens, never of empty (merged-away) slots."""
+
+    masks: torch.Tensor  # [P, N] bool
+    titles: list[str]
+    layers: list[int | None]  # the prune layer of each panel; None for the merging panel
+    kept: list[int]  # tokens present after each panel's stage
+
+
+def kept_panels(stages: Sequence[StageLike], num_vision_tokens: int, vision_valid: torch.Tensor | None = None,
+                sample: int = 0) -> KeptPanels:
+    """The panels of one sample. ``vision_valid`` [B, N]: the slots holding a token after local merging (pass it
+    for schedules with ``local_merge``; None otherwise)."""
+    N = num_vision_tokens
+    masks = kept_patch_masks(stages, N, sample, vision_valid)
+    layers: list[int | None] = [st.layer for st in stages]
+    titles = [f"after layer {st.layer}" for st in stages]
+    if vision_valid is not None:
+        merged = vision_valid[sample].cpu().bool().unsqueeze(0)  # [1, N]
+        masks = torch.cat([merged, masks], 0)
+        layers.insert(0, None)
+        titles.insert(0, "after local merging")
+    kept = [int(m.sum()) for m in masks]
+    return KeptPanels(masks, [f"{t}: {k} of {N}" for t, k in zip(titles, kept)], layers, kept)
 
 
 def patch_grid(num_vision_tokens: int) -> tuple[int, int]:
@@ -211,9 +244,10 @@ def kept_map_png_bytes(
     return buf.getvalue()
 
 
-def stage_titles(stages: Sequence[StageLike], num_vision_tokens: int, sample: int = 0) -> list[str]:
+def stage_titles(stages: Sequence[StageLike], num_vision_tokens: int, sample: int = 0,
+                 vision_valid: torch.Tensor | None = None) -> list[str]:
     """ "after layer p: k of N" per stage, k counted for batch row ``sample`` (rows may keep different counts)."""
-    kept = [int((idx[sample] >= 0).sum()) for idx in kept_original_indices(stages)]
+    kept = [int((idx[sample] >= 0).sum()) for idx in kept_original_indices(stages, vision_valid)]
     return [f"after layer {st.layer}: {k} of {num_vision_tokens}" for st, k in zip(stages, kept)]
 
 
@@ -221,13 +255,20 @@ def stage_titles(stages: Sequence[StageLike], num_vision_tokens: int, sample: in
 @dataclass
 class KeptTokens:
     image: np.ndarray  # [H, W, 3] float, the processed image the tower saw
-    masks: torch.Tensor  # [S, N] bool
+    masks: torch.Tensor  # [P, N] bool, one panel per stage (local merging first, when the schedule merges)
     titles: list[str]
-    stage_layers: list[int]
-    kept_indices: list[list[int]]  # per stage, original patch indices kept
+    stage_layers: list[int | None]  # the prune layer of each panel; None: local merging in the tower
+    kept_indices: list[list[int]]  # per panel, original patch indices of the real tokens present after it
     vision_tokens_per_layer: list[int]  # vision tokens present at each layer 1..L in this forward
     realised_avg_vision_tokens: float  # their mean over the L layers
     schedule: ReductionConfig
+    # the same per layer, but a prune layer counts its survivors (MustDrop's counter; docs/Baselines.md)
+    vision_tokens_per_layer_after_filter: list[int] = field(default_factory=list)
+
+    @property
+    def realised_avg_vision_tokens_after_filter(self) -> float:
+        counts = self.vision_tokens_per_layer_after_filter
+        return sum(counts) / len(counts) if counts else 0.0
 
 
 def analyse_kept_tokens(
@@ -245,17 +286,23 @@ def analyse_kept_tokens(
 
         return observe
 
-    out, _ = run_layers(loaded.model, prompts, schedule, make)
-    masks = kept_patch_masks(out.stages, N)
+    out, mm = run_layers(loaded.model, prompts, schedule, make)
+    panels = kept_panels(out.stages, N, mm.vision_valid if schedule.local_merge else None)
+    kept_indices = [torch.nonzero(m).flatten().tolist() for m in panels.masks]
+    after_filter = list(counts)
+    for layer, idx in zip(panels.layers, kept_indices):
+        if layer is not None:  # a prune layer: its survivors (real tokens), not its candidates
+            after_filter[layer - 1] = len(idx)
     return KeptTokens(
         image=processed_image(prompts.images[0], loaded.image_processor),
-        masks=masks,
-        titles=stage_titles(out.stages, N),
-        stage_layers=[st.layer for st in out.stages],
-        kept_indices=[torch.nonzero(m).flatten().tolist() for m in masks],
+        masks=panels.masks,
+        titles=panels.titles,
+        stage_layers=panels.layers,
+        kept_indices=kept_indices,
         vision_tokens_per_layer=counts,
         realised_avg_vision_tokens=sum(counts) / len(counts),
         schedule=schedule,
+        vision_tokens_per_layer_after_filter=after_filter,
     )
 
 
@@ -300,25 +347,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     L, N = loaded.num_layers, loaded.num_vision_tokens
     res = analyse_kept_tokens(loaded, image, question)
     g, offset = patch_grid(N)
-    if not res.stage_layers:
-        logger.warning("schedule '%s' has no prune stage: every patch is kept until exit", res.schedule.name)
-    logger.info("realised average vision tokens %.2f of %d over %d layers (schedule '%s')",
-                res.realised_avg_vision_tokens, N, L, res.schedule.name)
+    if all(layer is None for layer in res.stage_layers):
+        logger.warning("schedule '%s' has no prune stage: every %s is kept until exit", res.schedule.name,
+                       "token left by local merging" if res.stage_layers else "patch")
+    logger.info("realised average vision tokens %.2f of %d over %d layers (%.2f counting each prune layer after its "
+                "filter; schedule '%s')", res.realised_avg_vision_tokens, N, L,
+                res.realised_avg_vision_tokens_after_filter, res.schedule.name)
     result: dict[str, Any] = {
         "tool": NAME,
         **run_metadata(args, loaded, res.schedule, 1),
         **source,
         "patch_grid": {"size": g, "cls_token_first": bool(offset),
                        "drawn_over": "processed image (padded to square, resized, cropped; de-normalised)"},
+        # one entry per stage; "layer": null is local merging in the tower (schedules with local_merge)
         "stages": [{"layer": layer, "kept": len(idx), "of": N, "kept_patches": idx}
                    for layer, idx in zip(res.stage_layers, res.kept_indices)],
         "vision_tokens_per_layer": res.vision_tokens_per_layer,
         "realised_avg_vision_tokens": res.realised_avg_vision_tokens,
+        "vision_tokens_per_layer_after_filter": res.vision_tokens_per_layer_after_filter,
+        "realised_avg_vision_tokens_after_filter": res.realised_avg_vision_tokens_after_filter,
         "scheduled_avg_vision_tokens": None if res.schedule.data_dependent else res.schedule.average_vision_tokens(L, N),
     }
     fig = draw_kept_maps(res.image, res.masks, res.titles, hatch=args.hatch,
                          suptitle=f"schedule '{res.schedule.name}': {question.splitlines()[0][:80]}\n"
-                         f"realised average {res.realised_avg_vision_tokens:.2f} of {N} vision tokens per layer")
+                         f"realised average {res.realised_avg_vision_tokens:.2f} of {N} vision tokens per layer "
+                         f"({res.realised_avg_vision_tokens_after_filter:.2f} after each prune layer's filter)")
     save_outputs(args.output_dir, NAME, result, fig)
     return result
 

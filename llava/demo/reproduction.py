@@ -7,8 +7,10 @@
 Per setting: the GQA accuracy of each seed, their mean and range (max - min), Avg(%) against the baseline's mean
 (the paper's relative average, here over one benchmark), average vision tokens and the vision-FLOPs fraction of
 the baseline (Table 2's column, with the demo model's shape), and the stage-2 training time per run (from the
-Trainer's ``train_runtime``) with its ratio to the baseline's. The reading compares pairs of settings: a
-difference of means counts only when it exceeds the larger of the two settings' seed ranges.
+Trainer's ``train_runtime``) with its ratio to the baseline's. The reading compares pairs of settings with paired
+statistics (``llava.eval.significance``): every setting answers the same questions with the same seeds, so each
+comparison gets a bootstrap confidence interval of the accuracy difference (questions and seeds resampled) and
+McNemar's exact test per seed, and its verdict comes from the interval.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from llava.eval.benchmarks import get_benchmark
+from llava.eval.files import EvalDataError
+from llava.eval.significance import BootstrapInterval, McNemar, mcnemar_exact, paired_bootstrap
+
 logger = logging.getLogger("llava.demo.reproduction")
 
 # Pairs the paper compares (its tables), as (setting, reference, what the comparison shows).
@@ -32,6 +40,11 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("hidrop", "hidrop-hard", "differentiable vs hard top-k (Table 3)"),
     ("hidrop", "fastv-26", "HiDrop vs FastV-shaped at the same average tokens (Table 1)"),
     ("hidrop", "pdrop-26", "HiDrop vs PDrop-shaped at the same average tokens (Table 1)"),
+    ("hidrop", "voco-26", "HiDrop vs VoCo-LLaMA with as many VoCo tokens as HiDrop's average (Table 1)"),
+    ("hidrop", "twigvlm-26", "HiDrop vs TwigVLM-shaped (twig-guided pruning, a twig trained on off) at the same "
+                             "average tokens (Table 1)"),
+    ("twigvlm-26", "off", "TwigVLM-shaped (40% of the vision tokens, training-free on off plus a twig) vs plain "
+                          "LLaVA"),
     ("hidrop", "hidrop-compacted", "persistent vs compacted positions (Table 5)"),
     ("hidrop", "hidrop-group", "persistent vs group positions (Table 5)"),
     ("hidrop", "hidrop-last1round", "last token, n rounds vs 1 round (Table 4)"),
@@ -52,6 +65,9 @@ class Setting:
     avg_vision_tokens: float | None = None
     vision_tflops: float | None = None
     schedule: dict[str, Any] | None = None
+    visible_tokens: float | None = None  # VoCo: the tokens the text sees (avg_vision_tokens: what the layers process)
+    hits: dict[str, dict[str, bool]] = field(default_factory=dict)  # seed -> question id -> answered correctly
+    speculative: dict[str, dict[str, Any]] = field(default_factory=dict)  # seed -> a TwigVLM run's speculative_stats
 
     @property
     def mean(self) -> float:
@@ -96,10 +112,14 @@ def collect(results_dir: str, checkpoints_dir: str, seeds: Sequence[str]) -> dic
                 continue
             s = settings.setdefault(name, Setting(name))
             s.scores[seed] = float(rec["score"])
+            s.hits[seed] = _hits(rec, os.path.join(root, fname))
             run = rec.get("run") or {}
             s.avg_vision_tokens = run.get("avg_vision_tokens", s.avg_vision_tokens)
+            s.visible_tokens = run.get("visible_vision_tokens", s.visible_tokens)
             s.vision_tflops = run.get("vision_tflops", s.vision_tflops)
             s.schedule = run.get("reduction", s.schedule)
+            if run.get("speculative_stats"):
+                s.speculative[seed] = run["speculative_stats"]
     if not settings:
         raise ReproductionError(f"no gqa.json results under {results_dir}")
     for s in settings.values():
@@ -116,9 +136,35 @@ def collect(results_dir: str, checkpoints_dir: str, seeds: Sequence[str]) -> dic
     return settings
 
 
+def _hits(rec: dict[str, Any], path: str) -> dict[str, bool]:
+    """Per-question correctness of one result, re-read from the answers and annotation files it was scored from."""
+    inputs = rec.get("inputs") or {}
+    answers, annotation = inputs.get("answers_file"), inputs.get("annotation_file")
+    if not answers or not annotation:
+        raise ReproductionError(f"{path} does not name its answers and annotation files (inputs); rescore it with "
+                                "`python -m llava.eval.score`")
+    try:
+        hits = get_benchmark("gqa").hits(answers, annotation)
+    except (EvalDataError, OSError) as e:
+        raise ReproductionError(f"cannot re-read the answers behind {path}: {e}") from e
+    accuracy = 100 * sum(hits.values()) / len(hits) if hits else float("nan")
+    if not abs(accuracy - float(rec["score"])) < 0.01:
+        raise ReproductionError(f"{path}: its answers score {accuracy:.2f}, not the recorded {rec['score']}; were they "
+                                "rewritten after scoring?")
+    return hits
+
+
+def _budget(s: Setting) -> float | None:
+    """The tokens a setting is compared at: what the text sees (VoCo's N), else the average present per layer."""
+    return s.visible_tokens if s.visible_tokens is not None else s.avg_vision_tokens
+
+
 def _schedule_text(schedule: dict[str, Any] | None) -> str:
     if not schedule:
         return "-"
+    if schedule.get("compress_tokens"):
+        return (f"VoCo-LLaMA: all layers, nothing pruned; {schedule['compress_tokens']} VoCo tokens after the image, "
+                f"{schedule.get('compress_visibility', 'code')} visibility")
     if not schedule.get("prune_layers") and schedule.get("inject_layer") == 1 and schedule.get("exit_layer") == -1:
         return "all layers, nothing pruned"
     parts = [f"inject {schedule['inject_layer']}"]
@@ -133,12 +179,29 @@ def _schedule_text(schedule: dict[str, Any] | None) -> str:
     return "; ".join(parts + extras)
 
 
+def _twig_lines(settings: dict[str, Setting], order: Sequence[str]) -> list[str]:
+    """TwigVLM settings: the stage-2 column holds the twig's own training (its base is `off`'s checkpoint), and the
+    evaluation ran with self-speculative decoding, whose acceptance rate and speed are given here."""
+    out = []
+    for n in order:
+        spec = settings[n].speculative
+        if not spec:
+            continue
+        rates = [v["acceptance_rate"] for v in spec.values() if v.get("acceptance_rate") is not None]
+        speeds = [v["tokens_per_second"] for v in spec.values() if v.get("tokens_per_second") is not None]
+        out.append(f"{n}: the time column is the twig's own training on `off`'s checkpoint; evaluated with "
+                   f"self-speculative decoding, acceptance rate {statistics.fmean(rates):.3f} (mean over seeds) at "
+                   f"{statistics.fmean(speeds):.1f} tokens/s." if rates and speeds else
+                   f"{n}: evaluated with self-speculative decoding (no acceptance recorded).")
+    return ["", *out] if out else []
+
+
 def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], analysis: dict[str, Any],
            figures_rel: dict[str, str], wall_seconds: float | None) -> str:
     if baseline not in settings:
         raise ReproductionError(f"baseline setting {baseline!r} has no results")
     base = settings[baseline]
-    order = [baseline] + sorted((n for n in settings if n != baseline), key=lambda n: (-(settings[n].avg_vision_tokens or 0), n))
+    order = [baseline] + sorted((n for n in settings if n != baseline), key=lambda n: (-(_budget(settings[n]) or 0), n))
     lines = [
         "# Reproduction at CPU scale",
         "",
@@ -162,6 +225,8 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
         cells = " | ".join(f"{s.scores[seed]:.2f}" for seed in seeds)
         rel = 100 * s.mean / base.mean if base.mean else float("nan")
         tokens = "-" if s.avg_vision_tokens is None else f"{s.avg_vision_tokens:.2f}"
+        if s.visible_tokens is not None:
+            tokens = f"{s.visible_tokens:.2f} seen ({tokens} processed)"
         lines.append(f"| {n} | {_schedule_text(s.schedule)} | {tokens} | {cells} | {s.mean:.2f} | {s.spread:.2f} | {rel:.1f} |")
     lines += [
         "",
@@ -176,7 +241,9 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
         s = settings[n]
         flops = "-" if not (s.vision_tflops and base.vision_tflops) else f"{s.vision_tflops / base.vision_tflops:.3f}"
         t, bt = s.mean_train, base.mean_train
-        lines.append(f"| {n} | {flops} | {t:.1f} | {t / bt:.3f} |" if t and bt else f"| {n} | {flops} | - | - |")
+        label = f"{n} (the twig's training only)" if (s.schedule or {}).get("score_layer") == "twig" else n
+        lines.append(f"| {label} | {flops} | {t:.1f} | {t / bt:.3f} |" if t and bt else f"| {label} | {flops} | - | - |")
+    lines += _twig_lines(settings, order)
     lines += [
         "",
         "Vision FLOPs use the paper's per-layer formula (`llava.eval.efficiency`) with the demo model's shape. At this"
@@ -186,30 +253,8 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
         "",
         _timing_caveat(settings, order, base),
         "",
-        "## Reading: which differences exceed the seed-to-seed spread",
-        "",
-        "| comparison | difference of means (points) | larger seed range | verdict |",
-        "|---|---|---|---|",
+        *reading_section(settings, seeds),
     ]
-    verdicts = []
-    for a, b, what in COMPARISONS:
-        if a not in settings or b not in settings:
-            continue
-        diff = settings[a].mean - settings[b].mean
-        spread = max(settings[a].spread, settings[b].spread)
-        verdict = "exceeds the spread" if abs(diff) > spread else "within the spread"
-        verdicts.append((what, diff, verdict))
-        lines.append(f"| {what}: {a} - {b} | {diff:+.2f} | {spread:.2f} | {verdict} |")
-    exceeding = [w for w, _, v in verdicts if v.startswith("exceeds")]
-    lines += ["", "In words: " + (
-        "the differences that exceed the spread are " + "; ".join(exceeding) + ". Every other difference in the table"
-        " is within what a change of seed moves, so at this scale it says nothing about which option is better."
-        if exceeding else
-        "no difference exceeds what a change of seed moves, so at this scale none of these comparisons can be read as"
-        " one option beating another.")
-        + " The paper's gaps (about 1 to 3 points of Avg(%) on 11 benchmarks at 7B) are far smaller than this tiny"
-        " model's seed spread on one benchmark, so this run checks that every option trains and evaluates end to end"
-        " and gives the accounting; it cannot confirm or refute the paper's rankings.", ""]
     if analysis:
         lines += ["## Analysis tools on the trained HiDrop checkpoint (seed " + seeds[0] + ")", ""]
         for key, title in (("layer_dynamics", "Layer dynamics (Fig. 2)"), ("early_exit", "Early-exit study (Fig. 4)"),
@@ -223,6 +268,82 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
             if key in figures_rel:
                 lines += [f"![{title}]({figures_rel[key]})", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    first: str
+    second: str
+    what: str
+    interval: BootstrapInterval
+    mcnemar: list[McNemar]  # one per seed
+
+    @property
+    def verdict(self) -> str:
+        if self.interval.low > 0:
+            return f"{self.first} better"
+        if self.interval.high < 0:
+            return f"{self.second} better"
+        return "undecided"
+
+
+def compare(settings: dict[str, Setting], seeds: Sequence[str], reps: int = 10_000) -> list[Comparison]:
+    """The paired statistics of every comparison in COMPARISONS whose two settings were run."""
+    out = []
+    for a, b, what in COMPARISONS:
+        if a not in settings or b not in settings:
+            continue
+        qids = sorted(settings[a].hits[seeds[0]])
+        for name in (a, b):
+            for seed in seeds:
+                if sorted(settings[name].hits[seed]) != qids:
+                    raise ReproductionError(f"{name} seed {seed} answered other questions than {a} seed {seeds[0]}; "
+                                            "paired statistics need the same questions everywhere")
+        ha = np.array([[settings[a].hits[s][q] for q in qids] for s in seeds])  # [S, Q]
+        hb = np.array([[settings[b].hits[s][q] for q in qids] for s in seeds])
+        out.append(Comparison(a, b, what, paired_bootstrap(ha, hb, reps=reps),
+                              [mcnemar_exact(ha[i], hb[i]) for i in range(len(seeds))]))
+    return out
+
+
+def reading_section(settings: dict[str, Setting], seeds: Sequence[str]) -> list[str]:
+    comparisons = compare(settings, seeds)
+    questions = len(next(iter(settings.values())).hits[seeds[0]])
+    lines = [
+        "## Reading: paired statistics",
+        "",
+        f"Every setting answered the same {questions} questions with the same {len(seeds)} seeds (seed s of every"
+        " setting starts from the same stage-1 projector and sees the same data order), so each comparison is paired."
+        " The interval is a 95% bootstrap confidence interval of the accuracy difference (first - second, in points),"
+        " resampling both the seeds and the questions (10,000 replicates; `llava.eval.significance`). McNemar's exact"
+        " test asks, per seed, whether the questions only one of the two answers correctly split like a fair coin"
+        " (A-only / B-only counts, two-sided p). The verdict comes from the interval alone: a setting is better"
+        " when the whole interval lies on its side of zero, otherwise the comparison is undecided at this scale.",
+        "",
+        "| comparison | difference (points) | 95% interval | McNemar per seed: A-only / B-only, p | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        tests = "; ".join(f"s{seed}: {m.a_only}/{m.b_only}, p={m.p_value:.3g}" for seed, m in zip(seeds, c.mcnemar))
+        lines.append(f"| {c.what}: {c.first} - {c.second} | {c.interval.difference:+.2f} | "
+                     f"[{c.interval.low:+.2f}, {c.interval.high:+.2f}] | {tests} | {c.verdict} |")
+    decided = [c for c in comparisons if c.verdict != "undecided"]
+    undecided = [c for c in comparisons if c.verdict == "undecided"]
+    words = []
+    if decided:
+        words.append("Decided at this scale: " + "; ".join(
+            f"{c.what} ({c.verdict}, {c.interval.difference:+.2f} points, interval [{c.interval.low:+.2f}, "
+            f"{c.interval.high:+.2f}])" for c in decided) + ".")
+    if undecided:
+        widest = max(c.interval.high - c.interval.low for c in undecided)
+        words.append("Undecided (the interval includes zero): " + "; ".join(c.what for c in undecided) + ". These"
+                     f" intervals are up to {widest:.1f} points wide, so a true difference smaller than about half of"
+                     " that cannot be resolved with this many questions and seeds; the paper's gaps between these"
+                     " options (about 1 to 3 points of Avg(%) at 7B) are of that size.")
+    if len(seeds) < 3:
+        words.append(f"Only {len(seeds)} seed(s) were run; the seed level of the bootstrap needs at least 3 to say"
+                     " anything about run-to-run variation.")
+    return lines + ["", "In words: " + " ".join(words), ""]
 
 
 def _analysis_summary(key: str, data: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@
     python -m llava.eval.convert --bench vqav2  --answers-file merge.jsonl --question-file llava_vqav2_mscoco_test2015.jsonl --output upload.json
     python -m llava.eval.convert --bench vizwiz --answers-file merge.jsonl --question-file llava_test.jsonl --output upload.json
     python -m llava.eval.convert --bench seed   --answers-file merge.jsonl --annotation-file SEED-Bench.json --output upload.jsonl
+    python -m llava.eval.convert --bench mmbench --answers-file answers.jsonl --question-file mmbench_dev_20230712.tsv --output upload.xlsx
 
 - GQA: ``[{"questionId": str, "prediction": text.rstrip('.').lower()}]``, the official eval.py input.
 - VQAv2 (EvalAI challenge 830, phase test-dev2015): a JSON list ``[{"question_id": int, "answer": str}]`` over
@@ -14,6 +15,10 @@
 - SEED: the optional leaderboard upload, JSON lines ``{"question_id", "prediction"}``. ``question_id`` is the
   string SEED-Bench.json uses (LLaVA's question file and so the answers hold it as an int), in SEED-Bench.json's
   order when ``--annotation-file`` is given; every image question must then have an answer.
+- MMBench / MMBench-CN (OpenCompass server): an ``.xlsx`` with the TSV's rows and columns, minus the image and
+  the metadata columns upstream's converter drops (``hint, category, source, image, comment, l2-category``), and
+  a ``prediction`` column after the options. Every row needs an answer; answers of ``--all-rounds`` runs
+  (``round_id`` > 0) are refused, as by the scorer.
 
 The answers file may come from our runner or from upstream LLaVA's answer writers (``model_vqa_loader.py``:
 ``question_id``, ``prompt``, ``text``, ``answer_id``, ``model_id``, ``metadata``); only ``question_id`` and
@@ -28,13 +33,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.files import EvalDataError, iter_jsonl, qid_key, read_json, write_json, write_jsonl
+from llava.eval.files import EvalDataError, iter_jsonl, qid_key, read_json, read_tsv, write_json, write_jsonl
 from llava.eval.scorers.gqa import convert_prediction
 from llava.eval.scorers.vqa import evalai_normalize
 
 logger = logging.getLogger("llava.eval.convert")
 
-CONVERTIBLE = ("gqa", "vqav2", "vizwiz", "seed")
+CONVERTIBLE = ("gqa", "vqav2", "vizwiz", "seed", "mmbench", "mmbench_cn")
+MMBENCH_DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 
 
 def read_answer_lines(path: str) -> list[dict[str, Any]]:
@@ -122,6 +128,39 @@ def seed_upload(
     return out
 
 
+def mmbench_submission(
+    answers: Sequence[dict[str, Any]], rows: Sequence[dict[str, str]]
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the MMBench upload: the TSV's rows in order with their ``prediction``."""
+    later = [a for a in answers if a.get("round_id") not in (None, 0)]
+    if later:
+        raise EvalDataError(f"{len(later)} answer(s) have round_id > 0 (model_vqa_mmbench --all-rounds); the upload "
+                            "takes one answer per TSV row: rerun without --all-rounds")
+    by_key = {qid_key(a["question_id"]): str(a["text"]) for a in answers}
+    missing = [r["index"] for r in rows if qid_key(int(r["index"])) not in by_key]
+    if missing:
+        raise EvalDataError(f"{len(missing)} MMBench row(s) have no answer, e.g. index {missing[:5]}")
+    columns = [c for c in rows[0] if c not in MMBENCH_DROPPED_COLUMNS] if rows else []
+    at = columns.index("D") + 1 if "D" in columns else len(columns)
+    header = [*columns[:at], "prediction", *columns[at:]]
+    body = [[*(r[c] for c in columns[:at]), by_key[qid_key(int(r["index"]))], *(r[c] for c in columns[at:])]
+            for r in rows]
+    return header, body
+
+
+def write_xlsx(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """One sheet, every cell as text (MMBench's server reads the cells as strings)."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(list(header))
+    for row in rows:
+        sheet.append(list(row))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    book.save(path)
+
+
 def read_seed_questions(path: str) -> list[dict[str, Any]]:
     data = read_json(path, "SEED-Bench annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
@@ -133,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.eval.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", required=True, choices=CONVERTIBLE)
     p.add_argument("--answers-file", required=True, help="merged answers (JSONL)")
-    p.add_argument("--question-file", default=None, help="VQAv2: the full test2015 list; VizWiz: llava_test.jsonl")
+    p.add_argument("--question-file", default=None,
+                   help="VQAv2: the full test2015 list; VizWiz: llava_test.jsonl; MMBench: the TSV")
     p.add_argument(
         "--annotation-file", default=None, help="SEED: SEED-Bench.json (its id strings and order; checks coverage)"
     )
@@ -148,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     answers = read_answer_lines(args.answers_file)
     if args.bench == "gqa":
         write_json(args.output, gqa_predictions(answers), indent=None)
+    elif args.bench in ("mmbench", "mmbench_cn"):
+        if not args.question_file:
+            parser.error(f"--bench {args.bench} needs --question-file (the TSV the answers were written for)")
+        write_xlsx(args.output, *mmbench_submission(answers, read_tsv(args.question_file, "MMBench TSV", ("index",))))
     elif args.bench == "seed":
         if args.annotation_file:
             write_jsonl(args.output, seed_upload(answers, read_seed_questions(args.annotation_file)))

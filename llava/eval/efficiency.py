@@ -5,6 +5,14 @@ projections, attention, SwiGLU FFN). ``vision_tflops`` sums it over layers with 
 layer's input; with ``--text-tokens`` the same formula is also applied to the whole sequence (text + vision).
 
     python -m llava.eval.efficiency --llm vicuna-7b --schedule tok64
+    python -m llava.eval.efficiency --llm vicuna-7b --schedule voco-64 --text-tokens 100
+
+VoCo-LLaMA schedules (``voco-*``) print two token counts: ``visible_vision_tokens`` (the N VoCo tokens the text
+sees, the budget they are compared at) and ``avg_vision_tokens`` / ``processed_vision_tokens`` (576 + N: every layer
+runs the image and its VoCo tokens while compressing; ``vision_tflops`` is that one-pass cost). A question about an
+image already compressed (``--reuse-image-cache``, the chat's follow-up turns) runs none of it:
+``reuse_vision_tflops=0``, and with ``--text-tokens`` ``reuse_total_tflops`` is the whole question against the N
+cached keys, next to ``total_tflops`` for one pass.
     python -m llava.eval.efficiency --layers 32 --hidden 4096 --ffn 11008 --counts 576x8,288x8,144x8,72x8
 
 Inputs are checked, with "error: ..." on stderr and exit code 2: --layers, --hidden, --ffn and
@@ -26,7 +34,15 @@ import math
 import re
 import sys
 
-from llava.model.reduction.config import NO_EXIT, PRESETS, ReductionConfig, ReductionConfigError, resolve_reduction
+from llava.model.reduction.config import (
+    COUNT_CONVENTIONS,
+    NO_EXIT,
+    PRESETS,
+    ReductionConfig,
+    ReductionConfigError,
+    parse_overrides,
+    resolve_reduction,
+)
 from llava.model.reduction.solver import solve_keep_counts
 
 LLM_SHAPES: dict[str, tuple[int, int, int]] = {  # layers, hidden d, FFN m (paper, Table 6)
@@ -45,6 +61,61 @@ def vision_tflops(counts_per_layer: list[int], hidden: int, ffn: int) -> float:
 
 def sequence_tflops(counts_per_layer: list[int], text_tokens: int, hidden: int, ffn: int) -> float:
     return sum(block_flops(n + text_tokens, hidden, ffn) for n in counts_per_layer) / 1e12
+
+
+def cached_reuse_tflops(num_layers: int, cached_tokens: int, text_tokens: int, hidden: int, ffn: int) -> float:
+    """A question answered against a cached compressed image (VoCo's two-pass path): only the ``text_tokens`` run,
+    each layer's attention also reading ``cached_tokens`` cached keys and values (the per-layer formula with n text
+    queries over n + cached keys: 4 n d^2 + 2 n (n + cached) d + 3 n d m)."""
+    n = text_tokens
+    return num_layers * (4 * n * hidden * hidden + 2 * n * (n + cached_tokens) * hidden + 3 * n * hidden * ffn) / 1e12
+
+
+def compression_figures(red: ReductionConfig, num_layers: int, num_vision: int, text_tokens: int | None,
+                        hidden: int, ffn: int) -> dict[str, str]:
+    """VoCo's two counts and two costs: the N tokens the text sees and the 576 + N every layer processes while
+    compressing (one pass, the ``vision_tflops`` above), and what a question about an already compressed image
+    costs (nothing of the image runs again: its vision TFLOPs are 0; with --text-tokens the whole question)."""
+    out = {
+        "visible_vision_tokens": f"{red.average_visible_tokens(num_layers, num_vision):.2f}",
+        "processed_vision_tokens": f"{red.average_vision_tokens(num_layers, num_vision):.2f}",
+        "reuse_vision_tflops": "0.00",
+    }
+    if text_tokens is not None:
+        out["reuse_total_tflops"] = f"{cached_reuse_tflops(num_layers, red.compress_tokens, text_tokens, hidden, ffn):.4f}"
+    return out
+
+
+def decode_token_flops(context: int, hidden: int, ffn: int) -> float:
+    """One new token through one layer, attending to ``context`` cached tokens (the block formula with one query:
+    4 d^2 + 2 context d + 3 d m)."""
+    return 4 * hidden * hidden + 2 * context * hidden + 3 * hidden * ffn
+
+
+def twig_figures(twig_after: int, twig_layers: int, num_vision: int, text_tokens: int | None, hidden: int, ffn: int,
+                 drafts_per_token: float | None = None) -> dict[str, str]:
+    """TwigVLM's extra compute, which the schedule's average tokens do not count (its R-bar leaves the twig out).
+
+    - prefill: the twig's T layers run on every token after base layer K, the whole image included
+      (``twig_prefill_vision_tflops``: the vision tokens' share, comparable to ``vision_tflops``; with
+      ``--text-tokens`` also the whole sequence, ``twig_prefill_tflops``);
+    - drafting: each drafted token runs base layers 1..K and the twig's T layers against every prompt token
+      (``draft_tflops_per_draft``); times the drafted tokens per generated token of a run (``--drafts-per-token``,
+      printed by ``--run-info`` of a speculative run) it is the extra per generated token. The LM heads are not in
+      the paper's per-layer formula and are not counted here either.
+    """
+    context = num_vision + (text_tokens or 0)
+    out = {
+        "twig": f"{twig_layers} layers after layer {twig_after}",
+        "twig_prefill_vision_tflops": f"{twig_layers * block_flops(num_vision, hidden, ffn) / 1e12:.4f}",
+    }
+    if text_tokens is not None:
+        out["twig_prefill_tflops"] = f"{twig_layers * block_flops(context, hidden, ffn) / 1e12:.4f}"
+    per_draft = (twig_after + twig_layers) * decode_token_flops(context, hidden, ffn) / 1e12
+    out["draft_tflops_per_draft"] = f"{per_draft:.6f}"
+    if drafts_per_token is not None:
+        out["draft_tflops_per_generated_token"] = f"{per_draft * drafts_per_token:.6f}"
+    return out
 
 
 _COUNT_ENTRY = re.compile(r"(\d+)(?:x(\d+))?")
@@ -134,9 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit", type=int, default=NO_EXIT, help="--solve: exit layer (default: vision never leaves)")
     p.add_argument("--prune-layers", help="--solve: comma-separated prune layers, e.g. 10,14,16,18")
     p.add_argument("--tail", help="--solve: fixed counts of the stages after the first, e.g. 10,5,1")
+    p.add_argument("--count-convention", choices=COUNT_CONVENTIONS, default="entering",
+                   help="--solve: how --target-avg counts a prune layer: 'entering' (its input, this project's and "
+                        "the paper's averages) or 'after_filter' (its survivors, MustDrop's counter)")
     p.add_argument("--override", nargs="*", default=[], help="single-field schedule overrides, key=value")
     p.add_argument("--num-vision-tokens", type=positive, default=576)
     p.add_argument("--text-tokens", type=non_negative, help="also print whole-sequence FLOPs for this many text tokens")
+    p.add_argument("--twig-layers", type=non_negative, default=None,
+                   help="TwigVLM: the twig's depth T (default 3 for a schedule scored by the twig, else no twig); its "
+                        "extra prefill and drafting FLOPs are printed")
+    p.add_argument("--twig-after", type=positive, default=None,
+                   help="TwigVLM: the base layer K the twig reads (default: the twig schedule's prune layer, else 2)")
+    p.add_argument("--drafts-per-token", type=float, default=None,
+                   help="drafted tokens per generated token of a speculative run (its --run-info prints it)")
     return p
 
 
@@ -164,6 +245,19 @@ def realised_report(path: str, num_vision: int | None) -> dict[str, str]:
         "avg_vision_tokens": f"{sum(per_layer) / len(per_layer):.2f}",
         "vision_tokens_per_layer": ",".join(f"{x:.2f}" for x in per_layer),
     }
+    after = info.get("realised_vision_tokens_after_filter_per_layer")
+    if after:  # MustDrop's counter: a prune layer counts its survivors (docs/Baselines.md)
+        out["avg_vision_tokens_after_filter"] = f"{sum(after) / len(after):.2f}"
+        out["vision_tokens_after_filter_per_layer"] = ",".join(f"{x:.2f}" for x in after)
+    else:
+        out["avg_vision_tokens_after_filter"] = "not recorded (answers written before this count existed)"
+    spec = info.get("speculative_stats")
+    if spec:  # a --speculative twig run: what the draft cost and how much of it the base kept
+        decoded = max(int(spec.get("new_tokens", 0)) - int(spec.get("answers", 0)), 0)
+        out["speculative_acceptance_rate"] = "n/a" if spec.get("acceptance_rate") is None else f"{spec['acceptance_rate']:.4f}"
+        out["speculative_tokens_per_second"] = ("n/a" if spec.get("tokens_per_second") is None
+                                                else f"{spec['tokens_per_second']:.2f}")
+        out["drafts_per_token"] = f"{spec.get('drafted', 0) / decoded:.4f}" if decoded else "n/a"
     tflops = info.get("realised_vision_tflops")
     if tflops is not None:
         out["vision_tflops"] = f"{tflops:.2f}"
@@ -194,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         L, d, m = args.layers, args.hidden, args.ffn
     L = args.layers or L
     d, m = args.hidden or d, args.ffn or m
+    red = None
     try:
         if args.solve:
             red = _solve(args, L)
@@ -212,7 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ReductionConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for k, v in report(counts, d, m, args.text_tokens, args.num_vision_tokens).items():
+    figures = report(counts, d, m, args.text_tokens, args.num_vision_tokens)
+    if red is not None:  # the same schedule by MustDrop's counter: a prune layer counts its survivors
+        figures["avg_vision_tokens_after_filter"] = (
+            f"{red.average_vision_tokens(L, args.num_vision_tokens, 'after_filter'):.2f}")
+    if red is not None and red.compress_tokens:
+        figures.update(compression_figures(red, L, args.num_vision_tokens, args.text_tokens, d, m))
+    twig_scored = red is not None and red.score_layer == "twig"
+    twig_layers = args.twig_layers if args.twig_layers is not None else (3 if twig_scored else 0)
+    if twig_layers:
+        twig_after = args.twig_after or (red.prune_layers[0] if twig_scored else 2)
+        figures.update(twig_figures(twig_after, twig_layers, args.num_vision_tokens, args.text_tokens, d, m,
+                                    args.drafts_per_token))
+    for k, v in figures.items():
         print(f"{k}={v}")
     return 0
 
@@ -231,10 +338,40 @@ def _solve(args: argparse.Namespace, num_layers: int) -> ReductionConfig:
         raise ValueError(f"--target-avg must be a finite number, got {args.target_avg}")
     prune = _int_list(args.prune_layers, "--prune-layers")
     tail = _int_list(args.tail, "--tail") if args.tail is not None else None
-    solved = solve_keep_counts(args.target_avg, num_layers, args.inject, args.exit, prune, tail, args.num_vision_tokens)
-    red = ReductionConfig(name=f"solved-{args.target_avg:g}", inject_layer=args.inject, prune_layers=prune,
-                          keep_counts=solved.keep_counts, exit_layer=args.exit)
+    inject, exit_, rest = _solve_overrides(args)
+    solved = solve_keep_counts(args.target_avg, num_layers, inject, exit_, prune, tail, args.num_vision_tokens,
+                               args.count_convention)
+    red = ReductionConfig(name=f"solved-{args.target_avg:g}", inject_layer=inject, prune_layers=prune,
+                          keep_counts=solved.keep_counts, exit_layer=exit_)
+    if rest:  # fields that do not change the counts (scoring, top-k mode, positions, ...) go into the schedule
+        red = red.with_overrides(rest)
     return red.validate_for(num_layers, args.num_vision_tokens)
+
+
+def _solve_overrides(args: argparse.Namespace) -> tuple[int, int, dict]:
+    """(inject layer, exit layer, the other override fields) of ``--solve``: ``inject_layer`` / ``exit_layer``
+    overrides set the layout the solver fills (like --inject / --exit); the counts are the solver's own."""
+    fields = parse_overrides(split_overrides(args.override))  # unknown fields and bad values are errors
+    for key, flag in (("prune_layers", "--prune-layers"), ("keep_counts", "--target-avg (the solver computes them)")):
+        if key in fields:
+            raise ValueError(f"--override {key}=... does not go with --solve: use {flag}")
+    layout = {}
+    for key, flag, value, default in (("inject_layer", "--inject", args.inject, 1),
+                                      ("exit_layer", "--exit", args.exit, NO_EXIT)):
+        layout[key] = value
+        if key in fields:
+            if value != default and value != fields[key]:
+                raise ValueError(f"--override {key}={fields[key]} contradicts {flag} {value}")
+            layout[key] = fields.pop(key)
+    if fields.get("selection") == "dual_attention" or fields.get("local_merge"):
+        raise ValueError("--override: the solver finds keep counts of top-k schedules; selection=dual_attention and "
+                         "local_merge keep a data-dependent number of tokens")
+    return layout["inject_layer"], layout["exit_layer"], fields
+
+
+def split_overrides(values: list[str]) -> list[str]:
+    """``--override`` values, each possibly holding several space-separated ``key=value`` pairs."""
+    return [item for value in values for item in value.split()]
 
 
 def _overrides_line(red: ReductionConfig) -> str:
@@ -242,6 +379,11 @@ def _overrides_line(red: ReductionConfig) -> str:
               f"keep_counts={','.join(map(str, red.keep_counts))}"]
     if red.exit_layer != NO_EXIT:
         fields.append(f"exit_layer={red.exit_layer}")
+    defaults = ReductionConfig().to_dict()
+    layout = {"name", "inject_layer", "prune_layers", "keep_counts", "exit_layer"}
+    for key, value in red.to_dict().items():  # --override fields given to --solve
+        if key not in layout and value != defaults[key]:
+            fields.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return " ".join(fields)
 
 

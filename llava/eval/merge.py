@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from llava.eval.benchmarks import BENCHMARK_NAMES, Question, get_benchmark
-from llava.eval.files import EvalDataError, answer_key, iter_jsonl, read_json, write_json, write_jsonl
+from llava.eval.files import EvalDataError, answer_key, iter_jsonl, limit_arg, read_json, write_json, write_jsonl
 
 logger = logging.getLogger("llava.eval.merge")
 
@@ -95,28 +95,62 @@ def merge_run_info(inputs: Sequence[str]) -> dict[str, Any] | None:
     return max(infos, key=lambda i: sum(v is not None for v in i.values()))
 
 
-def realised_efficiency(answers: Sequence[dict[str, Any]], llm: dict[str, Any] | None) -> dict[str, Any]:
-    """Averages of the vision tokens the answers' prefills actually kept (``vision_tokens`` per layer, written by
-    the runner): per layer, overall, and the mean per-sample vision TFLOPs when the LLM shape is known."""
-    per_sample = [a["vision_tokens"] for a in answers if isinstance(a.get("vision_tokens"), list)]
+def _per_layer_means(answers: Sequence[dict[str, Any]], key: str) -> tuple[list[list[int]], list[float]] | None:
+    """(the answers' per-layer counts under ``key``, their mean per layer), or None when no answer records them."""
+    per_sample = [a[key] for a in answers if isinstance(a.get(key), list)]
     if not per_sample:
-        return {}
+        return None
     widths = {len(c) for c in per_sample}
     if len(widths) != 1:
-        raise EvalDataError(f"answers record vision_tokens for different depths {sorted(widths)}")
+        raise EvalDataError(f"answers record {key} for different depths {sorted(widths)}")
     layers = widths.pop()
-    per_layer = [sum(c[i] for c in per_sample) / len(per_sample) for i in range(layers)]
+    return per_sample, [sum(c[i] for c in per_sample) / len(per_sample) for i in range(layers)]
+
+
+def realised_efficiency(answers: Sequence[dict[str, Any]], llm: dict[str, Any] | None) -> dict[str, Any]:
+    """Averages of the vision tokens the answers' prefills actually kept, written by the runner per layer:
+    ``vision_tokens`` (at each layer's input, this project's count) and ``vision_tokens_after_filter`` (a prune
+    layer counting its survivors, MustDrop's counter; docs/Baselines.md): per layer, overall, and the mean
+    per-sample vision TFLOPs (of the layers' inputs) when the LLM shape is known."""
+    entering = _per_layer_means(answers, "vision_tokens")
+    if entering is None:
+        return {}
+    per_sample, per_layer = entering
+    layers = len(per_layer)
     out: dict[str, Any] = {
         "realised_vision_tokens_per_layer": [round(x, 4) for x in per_layer],
         "realised_avg_vision_tokens": sum(per_layer) / layers,
         "realised_samples": len(per_sample),
     }
+    after = _per_layer_means(answers, "vision_tokens_after_filter")
+    if after is not None:  # answer files written before this count existed have only the entering one
+        out["realised_vision_tokens_after_filter_per_layer"] = [round(x, 4) for x in after[1]]
+        out["realised_avg_vision_tokens_after_filter"] = sum(after[1]) / len(after[1])
     if llm and llm.get("hidden") and llm.get("ffn"):
         from llava.eval.efficiency import vision_tflops
 
         flops = [vision_tflops(c, int(llm["hidden"]), int(llm["ffn"])) for c in per_sample]
         out["realised_vision_tflops"] = sum(flops) / len(flops)
     return out
+
+
+def speculative_summary(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's self-speculative decoding figures, summed over the answers' ``speculative`` records (the runner
+    writes them with ``--speculative twig``): acceptance rate = kept / drafted proposals, tokens per second = the
+    tokens decoded after each answer's first over the decoding time."""
+    recs = [a["speculative"] for a in answers if isinstance(a.get("speculative"), dict)]
+    if not recs:
+        return {}
+    drafted = sum(int(r.get("drafted", 0)) for r in recs)
+    accepted = sum(int(r.get("accepted", 0)) for r in recs)
+    decoded = sum(max(int(r.get("new_tokens", 0)) - 1, 0) for r in recs)
+    seconds = sum(float(r.get("decode_seconds", 0.0)) for r in recs)
+    return {"speculative_stats": {
+        "answers": len(recs), "drafted": drafted, "accepted": accepted,
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "new_tokens": sum(int(r.get("new_tokens", 0)) for r in recs), "decode_seconds": seconds,
+        "tokens_per_second": decoded / seconds if seconds > 0 else None,
+    }}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--inputs", nargs="+", help="chunk files, in chunk order")
     src.add_argument("--chunks-dir", help="folder holding the runner's {N}_{i}.jsonl files (needs --num-chunks)")
     p.add_argument("--num-chunks", type=int, default=None)
+    p.add_argument("--limit", type=limit_arg, default=None,
+                   help="the run answered only the first N questions (run_benchmark --limit); empty: all")
     return p
 
 
@@ -142,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         inputs = args.inputs
     questions = get_benchmark(args.bench).load_questions(args.question_file)
+    if args.limit:
+        questions = questions[: args.limit]
     if not questions:
         raise EvalDataError(f"question file {args.question_file} holds no questions; there is nothing to merge")
     merged = merge_answers(questions, inputs)
@@ -149,9 +187,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = merge_run_info(inputs)
     if info is not None:
         info.update(realised_efficiency(merged, info.get("llm")))
+        info.update(speculative_summary(merged))
+        spec = info.get("speculative_stats")
+        if spec:
+            rate, tps = spec["acceptance_rate"], spec["tokens_per_second"]
+            logger.info("speculative decoding: acceptance rate %s (%d of %d drafted tokens kept), %s tokens/s after "
+                        "each answer's first, over %d answers", "n/a" if rate is None else f"{rate:.3f}",
+                        spec["accepted"], spec["drafted"], "n/a" if tps is None else f"{tps:.1f}", spec["answers"])
         if info.get("realised_avg_vision_tokens") is not None:
-            logger.info("realised average vision tokens: %.2f over %d answers", info["realised_avg_vision_tokens"],
-                        info["realised_samples"])
+            logger.info("realised average vision tokens: %.2f over %d answers (%s after each prune layer's filter, "
+                        "MustDrop's counter)", info["realised_avg_vision_tokens"], info["realised_samples"],
+                        f"{info['realised_avg_vision_tokens_after_filter']:.2f}"
+                        if "realised_avg_vision_tokens_after_filter" in info else "not recorded")
         write_json(f"{args.output}.run.json", info)
     else:
         logger.warning("no run-info files next to the chunks; the report will lack the efficiency columns")

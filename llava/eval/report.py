@@ -11,7 +11,9 @@ tables do); when it differs from the value recomputed from the row's own cells b
 flags it instead of silently trusting either number.
 
 Efficiency columns: average vision tokens and vision TFLOPs of the schedule that was run, recorded by the
-runner (computed with ``llava.eval.efficiency``), or given in a table's columns.
+runner (computed with ``llava.eval.efficiency``), or given in a table's columns. A VoCo-LLaMA row has two token
+counts: the N VoCo tokens the text sees (the budget it is compared at: the chart and the row order use it) and the
+576 + N image tokens every layer processes while compressing (the TFLOPs column); its cell shows both.
 
 Writes ``<name>.md``, ``<name>.csv`` and ``<name>.png`` (Avg(%) against average vision tokens).
 """
@@ -51,6 +53,8 @@ class Row:
     proxy: set[str] = field(default_factory=set)  # benchmarks scored on a local proxy split (val)
     avg_vision_tokens: float | None = None
     vision_tflops: float | None = None
+    visible_tokens: float | None = None  # VoCo: image tokens the text sees (avg_vision_tokens: what layers process)
+    twig_note: str | None = None  # TwigVLM: the twig's extra prefill FLOPs and speculative decoding's figures
     printed_avg: float | None = None
     baseline: str | None = None
     avg: float | None = None
@@ -154,6 +158,10 @@ def rows_from_results(results_dir: str) -> list[Row]:
             if rec.get("proxy"):
                 row.proxy.add(bench)
             tokens, tflops = _efficiency_from_run(rec.get("run"))
+            visible = (rec.get("run") or {}).get("visible_vision_tokens")
+            if visible is not None:
+                row.visible_tokens = float(visible)
+            row.twig_note = twig_note(rec.get("run") or {}) or row.twig_note
             if tokens is not None:
                 efficiencies.add((round(tokens, 4), None if tflops is None else float(f"{tflops:.6g}")))
         if len(efficiencies) > 1:
@@ -196,8 +204,40 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def twig_note(run: dict[str, Any]) -> str | None:
+    """What a TwigVLM row's efficiency columns leave out (as TwigVLM's own R-bar does): the twig's layers on every
+    token at prefill, and, for a speculative run, its drafting; with the acceptance rate and the speed."""
+    twig = run.get("twig")
+    spec = run.get("speculative_stats")
+    if not twig and not spec:
+        return None
+    parts = []
+    if twig:
+        extra = run.get("twig_prefill_vision_tflops")
+        n = twig.get("num_layers")
+        parts.append(f"the twig ({n} layer{'' if n == 1 else 's'} after layer {twig.get('after_layer')}) adds "
+                     + (f"{_fmt_tflops(extra)} vision TFLOPs at prefill" if extra is not None else "its prefill FLOPs")
+                     + ", not in the TFLOPs column")
+    if spec:
+        rate, tps = spec.get("acceptance_rate"), spec.get("tokens_per_second")
+        parts.append(f"speculative decoding kept {'n/a' if rate is None else f'{100 * rate:.1f}%'} of the drafted tokens"
+                     f" ({'n/a' if tps is None else f'{tps:.1f}'} tokens/s)")
+    return "; ".join(parts)
+
+
 def _fmt_tokens(value: float | None) -> str:
     return "-" if value is None else f"{round(value, 2):g}"
+
+
+def _tokens_cell(row: Row) -> str:
+    if row.visible_tokens is None or row.visible_tokens == row.avg_vision_tokens:
+        return _fmt_tokens(row.avg_vision_tokens)
+    return f"{_fmt_tokens(row.visible_tokens)} seen ({_fmt_tokens(row.avg_vision_tokens)} processed)"
+
+
+def _budget(row: Row) -> float | None:
+    """The token count a row is compared at: what the text sees."""
+    return row.visible_tokens if row.visible_tokens is not None else row.avg_vision_tokens
 
 
 def _fmt_tflops(value: float | None) -> str:
@@ -230,7 +270,7 @@ def render_markdown(rows: Sequence[Row], benches: Sequence[str]) -> str:
         avg = _fmt(r.avg)
         if r.avg is not None and r.avg_count < len(benches):
             avg += f" ({r.avg_count}/{len(benches)})"
-        cells = [r.label, _fmt_tokens(r.avg_vision_tokens), _fmt_tflops(r.vision_tflops), *(_score_cell(r, b) for b in benches), avg]
+        cells = [r.label, _tokens_cell(r), _fmt_tflops(r.vision_tflops), *(_score_cell(r, b) for b in benches), avg]
         if has_printed:
             printed = _fmt(r.printed_avg)
             if r.mismatch:
@@ -246,6 +286,11 @@ def render_markdown(rows: Sequence[Row], benches: Sequence[str]) -> str:
         "Avg(%): mean over the row's benchmarks of 100 × score / baseline score (MME-P as raw points); "
         "(k/n) marks a mean over k of n benchmarks; (val) marks a local val-split proxy for a server-scored benchmark."
     )
+    twig_rows = [r for r in rows if r.twig_note]
+    if twig_rows:
+        lines.append("")
+        lines.append("TwigVLM rows:")
+        lines.extend(f"- {r.label}: {r.twig_note}." for r in twig_rows)
     if notes:
         lines.append("")
         lines.append("Printed averages that disagree with their cells (tolerance 0.1):")
@@ -254,7 +299,8 @@ def render_markdown(rows: Sequence[Row], benches: Sequence[str]) -> str:
 
 
 def write_csv(path: str, rows: Sequence[Row], benches: Sequence[str]) -> None:
-    fields = ["label", "group", "avg_vision_tokens", "vision_tflops", *benches, "avg_percent", "avg_benchmarks", "printed_avg", "avg_mismatch", "proxy_benchmarks"]
+    fields = ["label", "group", "avg_vision_tokens", "vision_tflops", *benches, "avg_percent", "avg_benchmarks", "printed_avg", "avg_mismatch", "proxy_benchmarks",
+              "visible_vision_tokens"]
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
@@ -268,6 +314,7 @@ def write_csv(path: str, rows: Sequence[Row], benches: Sequence[str]) -> None:
                     "" if r.avg is None else round(r.avg, 4), r.avg_count,
                     "" if r.printed_avg is None else r.printed_avg,
                     int(r.mismatch), " ".join(sorted(r.proxy)),
+                    "" if r.visible_tokens is None else r.visible_tokens,
                 ]
             )
 
@@ -279,7 +326,7 @@ def _method_name(label: str) -> str:
 
 def write_chart(path: str, rows: Sequence[Row], title: str) -> bool:
     """Avg(%) against average vision tokens, one line per method; returns False when nothing can be plotted."""
-    points = [r for r in rows if r.avg is not None and r.avg_vision_tokens]
+    points = [r for r in rows if r.avg is not None and _budget(r)]
     if not points:
         logger.warning("no row has both Avg(%%) and average vision tokens; chart skipped")
         return False
@@ -293,13 +340,13 @@ def write_chart(path: str, rows: Sequence[Row], title: str) -> bool:
         series.setdefault(_method_name(r.label), []).append(r)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name, members in series.items():
-        members = sorted(members, key=lambda r: r.avg_vision_tokens or 0)
-        ax.plot([r.avg_vision_tokens for r in members], [r.avg for r in members], marker="o", label=name)
+        members = sorted(members, key=lambda r: _budget(r) or 0)
+        ax.plot([_budget(r) for r in members], [r.avg for r in members], marker="o", label=name)
     ax.set_xscale("log", base=2)
-    ticks = sorted({float(r.avg_vision_tokens) for r in points if r.avg_vision_tokens})
+    ticks = sorted({float(_budget(r)) for r in points if _budget(r)})
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.set_xlabel("average vision tokens per layer")
+    ax.set_xlabel("average vision tokens per layer (VoCo: the tokens the text sees)")
     ax.set_ylabel("Avg(%) of baseline")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -348,7 +395,7 @@ def order_rows(rows: list[Row], baseline: str | None) -> list[Row]:
     """Table rows keep their order; result rows follow, the baseline first, then by descending vision tokens."""
     table = [r for r in rows if r.group]
     results = [r for r in rows if not r.group]
-    results.sort(key=lambda r: (r.label != baseline, -(r.avg_vision_tokens or 0), r.label))
+    results.sort(key=lambda r: (r.label != baseline, -(_budget(r) or 0), r.label))
     return table + results
 
 

@@ -36,11 +36,12 @@ import math
 import os
 import re
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llava.eval.benchmarks import BENCHMARK_NAMES, Benchmark, Question, get_benchmark
-from llava.eval.files import EvalDataError, answer_key, read_json, write_json
+from llava.eval.files import EvalDataError, answer_key, limit_arg, read_json, write_json
 from llava.eval.fingerprint import FingerprintCache, checkpoint_fingerprint, file_fingerprint
 
 if TYPE_CHECKING:
@@ -120,9 +121,19 @@ def run_identity(
         "schedule": expected_schedule(args.model_path, args.reduction_preset or None, overrides),
         "conv_mode": args.conv_mode,
         "max_new_tokens": max_new_tokens,
-        "do_sample": False,
+        **decoding_identity(args),
+        # recorded only when on, so that the run ids of earlier plain runs stay what they were
+        **({"speculative": args.speculative} if getattr(args, "speculative", "") else {}),
         "dtype": resolve_device_dtype(args.device, args.dtype)[1],
     }
+
+
+def decoding_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy (``do_sample: False``) unless the run samples (upstream's runners: ``--temperature`` > 0)."""
+    temperature = getattr(args, "temperature", None) or 0.0
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": getattr(args, "top_p", None)}
 
 
 def _plain(value: Any) -> str:
@@ -377,8 +388,21 @@ class LlavaBackend:
         template: Callable[[str, bool], str] | None = None,
         tokenize: Callable[[str], torch.Tensor] | None = None,
         preprocess: Callable[[list[Image.Image]], torch.Tensor] | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        image_cache: Any | None = None,
+        speculative: str | None = None,
     ) -> None:
         self.model = model
+        # "twig": self-speculative decoding with the model's twig (llava.model.speculative); each answer then records
+        # its drafted / kept tokens and its share of the batch's decoding time (the run's acceptance rate, tokens/s).
+        self.speculative = speculative or None
+        # VoCo schedules: an ImageCache of compressed images (--reuse-image-cache) answers the next question about
+        # the same image from its VoCo cache; None compresses every question's image.
+        self.image_cache = image_cache
+        # 0: greedy, the reference; upstream's runners sample when given --temperature > 0.
+        self.temperature = temperature
+        self.top_p = top_p
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.template = template or (lambda text, has_image: vicuna_prompt(text, has_image, conv_mode))
@@ -423,9 +447,11 @@ class LlavaBackend:
 
     def generate_with_stats(
         self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int
-    ) -> tuple[list[str], list[list[int]] | None]:
-        """The answers and, per sample, the vision tokens each layer saw in prefill (realised, data-dependent
-        schedules keep different counts per sample); None when the model cannot report them."""
+    ) -> tuple[list[str], list[dict[str, list[int]]] | None]:
+        """The answers and, per sample, the vision tokens of each layer in prefill (realised: data-dependent
+        schedules keep different counts per sample) as answer-record fields: ``vision_tokens`` (at each layer's
+        input) and ``vision_tokens_after_filter`` (a prune layer counting its survivors, MustDrop's counter);
+        None when the model cannot report them."""
         import inspect
 
         # Models without the realised counts (other generate() implementations) answer without them.
@@ -458,25 +484,52 @@ class LlavaBackend:
 
     def _generate(
         self, texts: Sequence[str], images: Sequence[Image.Image | None], max_new_tokens: int, counts: bool
-    ) -> tuple[list[str], list[list[int]] | None]:
+    ) -> tuple[list[str], list[dict[str, list[int]]] | None]:
         import torch
 
         input_ids, attention_mask, pixels = self.encode(texts, images)
-        extra = {"return_vision_counts": True} if counts else {}
+        extra: dict[str, Any] = {"return_vision_counts": True} if counts else {}
+        if self.image_cache is not None:
+            extra["image_cache"] = self.image_cache
+        stats = None
+        if self.speculative:
+            from llava.model.speculative import SpeculativeStats
+
+            stats = SpeculativeStats()
+            extra.update(speculative=self.speculative, speculative_stats=stats)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 images=pixels,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                # Sampling arguments only when sampling (upstream's runners with --temperature > 0): models that
+                # only decode greedily need not accept them.
+                **({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0
+                   else {"do_sample": False}),
                 **extra,
             )
-        per_layer = None
+        per_sample = None
         if counts:
             out, vision_counts = out
-            per_layer = vision_counts.tolist()  # [B][L]
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)], per_layer
+            per_sample = [{"vision_tokens": entering, "vision_tokens_after_filter": after} for entering, after in
+                          zip(vision_counts.entering.tolist(), vision_counts.after_filter.tolist())]
+        if stats is not None:
+            per_sample = per_sample or [{} for _ in texts]
+            for fields, row in zip(per_sample, speculative_records(stats)):
+                fields["speculative"] = row
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)], per_sample
+
+
+def speculative_records(stats: Any) -> list[dict[str, Any]]:
+    """Per answer of a speculative batch: proposals verified and kept, tokens generated, and its share of the batch's
+    decoding time (in proportion to the tokens decoded after the first), so that sums over answers give the run's
+    acceptance rate and tokens per second (``llava.eval.merge``)."""
+    decoded = [max(n - 1, 0) for n in stats.new_tokens]
+    total = sum(decoded)
+    return [{"drafted": d, "accepted": a, "new_tokens": n,
+             "decode_seconds": stats.decode_seconds * k / total if total else 0.0}
+            for d, a, n, k in zip(stats.drafted, stats.accepted, stats.new_tokens, decoded)]
 
 
 # --------------------------------------------------------------------------------------------------- loop
@@ -512,10 +565,12 @@ def generate_answers(
                 raise RuntimeError(f"the model returned {len(texts)} answers for a batch of {len(batch)}")
             for row, (q, text) in enumerate(zip(batch, texts)):
                 record = {"question_id": q.qid, "prompt": q.text, "text": text, **q.extra, **record_fields}
+                record.setdefault("answer_id", uuid.uuid4().hex)  # upstream's answer-file fields
+                record.setdefault("metadata", {})
                 if q.uid is not None:
                     record["uid"] = q.uid
                 if counts is not None:
-                    record["vision_tokens"] = counts[row]  # realised per layer, for the run's efficiency figures
+                    record.update(counts[row])  # realised per layer, for the run's efficiency figures
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             written += len(batch)
@@ -589,12 +644,21 @@ def describe_efficiency(model: Any, model_path: str, preset: str | None, overrid
     if num_layers and nv:
         counts = cfg.counts_per_layer(int(num_layers), nv)
         info["avg_vision_tokens"] = sum(counts) / int(num_layers)
+        if cfg.compress_tokens:  # VoCo: the layers process every vision token, the text sees the N VoCo tokens
+            info["visible_vision_tokens"] = cfg.average_visible_tokens(int(num_layers), nv)
         try:
             from llava.eval.efficiency import vision_tflops
         except ImportError:
             vision_tflops = None
         if vision_tflops is not None and hidden and ffn:
             info["vision_tflops"] = float(vision_tflops(counts, int(hidden), int(ffn)))
+    twig = getattr(config, "twig", None)
+    if isinstance(twig, dict) and (cfg.score_layer == "twig" or getattr(model, "twig", None) is not None):
+        info["twig"] = dict(twig)  # TwigVLM: its prefill FLOPs are not in the schedule's figures (the report notes them)
+        if nv and hidden and ffn:
+            from llava.eval.efficiency import block_flops
+
+            info["twig_prefill_vision_tflops"] = int(twig.get("num_layers", 0)) * block_flops(nv, int(hidden), int(ffn)) / 1e12
     return info
 
 
@@ -633,7 +697,19 @@ def load_backend(args: argparse.Namespace, overrides: list[str]) -> tuple[LlavaB
         reduction_overrides=override_dict,
     )
     model.eval()
-    return LlavaBackend(model, tokenizer, image_processor, conv_mode=args.conv_mode), model
+    image_cache = None
+    if getattr(args, "reuse_image_cache", False):
+        from llava.model.two_pass import ImageCache
+
+        if model.config.reduction_config.compress_tokens:
+            image_cache = ImageCache()
+        else:
+            logger.info("--reuse-image-cache: schedule %s has no VoCo tokens, so there is no compressed image to "
+                        "reuse; answering as usual", model.config.reduction_config.name)
+    backend = LlavaBackend(model, tokenizer, image_processor, conv_mode=args.conv_mode,
+                           temperature=getattr(args, "temperature", None) or 0.0, top_p=getattr(args, "top_p", None),
+                           image_cache=image_cache, speculative=getattr(args, "speculative", "") or None)
+    return backend, model
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -655,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answers-file", required=True)
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--limit", type=limit_arg, default=None,
+                   help="answer only the first N questions of the file (a quick subset; empty: all)")
     p.add_argument("--batch-size", type=int, default=1, help="1 is the reference mode; larger batches give the same answers")
     p.add_argument(
         "--max-new-tokens", type=_optional_int, default=None, help="default (or empty): the benchmark's upstream value (128 or 1024)"
@@ -676,12 +754,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the answers file comes from another run (other weights, question file, schedule or decoding): "
         "restart moves it aside to <answers>.stale-<old run_id> and answers afresh; error stops",
     )
+    p.add_argument(
+        "--speculative",
+        default="",
+        choices=("", "twig"),
+        help="twig: self-speculative decoding with the checkpoint's twig (TwigVLM); greedy answers are the plain ones, "
+        "and the run records the acceptance rate and tokens/s; empty: plain decoding",
+    )
+    p.add_argument(
+        "--reuse-image-cache",
+        action="store_true",
+        help="VoCo schedules (compress_tokens > 0): compress each image once and answer the following questions about "
+        "it from its VoCo cache (two-pass inference); the answers are those of a fresh compression",
+    )
     return p
 
 
 def run(
     args: argparse.Namespace,
     load: Callable[[argparse.Namespace, list[str]], tuple[GenerationBackend, Any]] = load_backend,
+    adapter: Benchmark | None = None,
 ) -> int:
     """Answers this chunk's unanswered questions; returns how many were generated.
 
@@ -689,9 +781,24 @@ def run(
     there is something left to answer, so a rerun of a finished chunk costs no model load. The answers file
     is locked for the whole call (see ``answers_lock``).
     """
-    adapter = get_benchmark(args.bench)
+    adapter = adapter or get_benchmark(args.bench)  # upstream's runners pass their own (llava.eval.upstream_runner)
+    args.reduction_preset = benchmark_preset(args.reduction_preset, args.bench)
     with answers_lock(args.answers_file):
         return _run_locked(args, adapter, load)
+
+
+def benchmark_preset(preset: str | None, bench: str) -> str | None:
+    """The preset this benchmark runs for ``preset``: the authors' released per-benchmark variant where there is
+    one (MustDrop's VizWiz thresholds), logged, so answers, identity and run info all name the schedule run."""
+    try:
+        from llava.model.reduction.config import preset_for_benchmark
+    except ImportError:  # scoring-only installs run no model
+        return preset
+    chosen = preset_for_benchmark(preset, bench)
+    if chosen != preset:
+        logger.info("preset %s on %s: running %s, the authors' released settings for this benchmark", preset, bench,
+                    chosen)
+    return chosen
 
 
 def _run_locked(
@@ -700,6 +807,8 @@ def _run_locked(
     load: Callable[[argparse.Namespace, list[str]], tuple[GenerationBackend, Any]],
 ) -> int:
     questions = adapter.load_questions(args.question_file)
+    if getattr(args, "limit", None):  # a quick subset: the first N questions (merge and score take the same --limit)
+        questions = questions[: args.limit]
     if not questions:
         # An empty file would "succeed" with no answers and end as a scorer traceback or a score of nothing.
         raise EvalDataError(
@@ -756,9 +865,32 @@ def _run_locked(
     return n
 
 
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """A checkpoint that cannot be loaded, a schedule the model cannot run: one line, no traceback. Looked up in
+    ``sys.modules`` because scoring-only installs never import the model (then no such error can occur)."""
+    import sys
+
+    found = []
+    for module, name in (("llava.model.checkpoint_loading", "CheckpointError"),
+                         ("llava.model.reduction.config", "ReductionConfigError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except Exception as e:
+        if not isinstance(e, _input_error_types()):
+            raise
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from llava.eval.benchmarks import BENCHMARK_NAMES, ScoreInputs, get_benchmark
-from llava.eval.files import EvalDataError, read_json, write_json
+from llava.eval.files import EvalDataError, limit_arg, read_json, write_json
 from llava.eval.scorers.common import ScoreResult
 from llava.eval.scorers.mmbench import Judge
 
@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="the report row this result belongs to (default: the model id)")
     p.add_argument("--run-info", default=None, help="runner's run info (default: <answers-file>.run.json if present)")
     p.add_argument("--manual-score", type=float, default=None, help="record a score reported by an evaluation server")
+    p.add_argument("--limit", type=limit_arg, default=None,
+                   help="the answers are for the first N questions of --question-file (the eval scripts' LIMIT): "
+                        "only those are scored, and the output says so; empty: all")
     return p
 
 
@@ -157,8 +160,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.answers_file:
             parser.error("--answers-file is required unless --manual-score is given")
         answers = adapter.read_answers(args.answers_file)
+        subset: dict[str, Any] | None = None
+        if args.limit and not args.question_file:
+            parser.error("--limit needs --question-file (the subset is its first N questions)")
         if args.question_file:
             questions = adapter.load_questions(args.question_file)
+            if args.limit:
+                subset = {"limit": args.limit, "questions": min(args.limit, len(questions)), "of": len(questions)}
+                questions = questions[: args.limit]
             check_coverage(
                 adapter.answer_keys(answers, questions, args.answers_file, args.question_file),
                 [q.key for q in questions],
@@ -172,8 +181,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             annotation_dir=args.annotation_dir,
             split=args.split,
             judge=load_judge(args.judge),
+            question_keys=None if subset is None else frozenset(q.key for q in questions),
         )
         result = adapter.score(answers, inputs)
+        if subset is not None:
+            # Scored as the full benchmark is, on fewer questions: a quick check, not a result to compare.
+            result.details["subset"] = subset
+            result.extra_lines.append(
+                f"{adapter.title} subset: the first {subset['questions']} of the {subset['of']} questions of "
+                f"{args.question_file} (LIMIT / --limit {args.limit}); not comparable with a full run")
         if result.num_scored == 0:
             # 0 of 0 is not a score: it would print "accuracy: 0.00" and land in the report as a real number.
             raise EvalDataError(
@@ -185,6 +201,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     result.bench = args.bench
     for line in result.summary_lines(adapter.title):
         print(line)
+    spec = (run_info or {}).get("speculative_stats")
+    if spec:  # self-speculative decoding (--speculative twig): how much of the draft the base kept, and the speed
+        rate, tps = spec.get("acceptance_rate"), spec.get("tokens_per_second")
+        print(f"{adapter.title} speculative decoding: acceptance rate {'n/a' if rate is None else f'{rate:.3f}'}, "
+              f"{'n/a' if tps is None else f'{tps:.1f}'} tokens/s")
+    realised = (run_info or {}).get("realised_avg_vision_tokens")
+    if realised is not None:  # both counts of docs/Baselines.md, "Counting vision tokens"
+        after = (run_info or {}).get("realised_avg_vision_tokens_after_filter")
+        print(f"{adapter.title} realised vision tokens per layer: {realised:.2f} at the layers' inputs"
+              + ("" if after is None else f", {after:.2f} counting each prune layer after its filter (MustDrop's "
+                 "counter)"))
     if args.result_file:
         write_json(args.result_file, result_record(args.bench, result, args, run_info, source))
         logger.info("result written to %s", args.result_file)

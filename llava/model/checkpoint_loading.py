@@ -130,6 +130,10 @@ def load_tower_weights(model: LlavaLlamaForCausalLM, source: str | None, dtype: 
     """Loads the CLIP weights of ``model``'s tower from ``source`` (a CLIP directory or hub id), strictly."""
     if not source:
         raise CheckpointError("the checkpoint has no vision-tower weights and its config names no mm_vision_tower")
+    if os.path.isdir(source):
+        from llava.model.checkpoint_files import check_weight_files
+
+        check_weight_files(source)
     try:
         clip = CLIPVisionModel.from_pretrained(source, dtype=dtype)
     except OSError as e:
@@ -145,23 +149,42 @@ def load_tower_weights(model: LlavaLlamaForCausalLM, source: str | None, dtype: 
         )
 
 
+def _from_pretrained(path: str, **kwargs: Any) -> tuple[LlavaLlamaForCausalLM, dict[str, Any]]:
+    """``LlavaLlamaForCausalLM.from_pretrained`` where a truncated or corrupt weights file is a
+    :class:`CheckpointError` naming the file (safetensors raises its own error type, naming none)."""
+    from llava.model.checkpoint_files import check_weight_files, weight_load_error
+
+    if os.path.isdir(path):
+        check_weight_files(path)
+    try:
+        return LlavaLlamaForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:
+        named = weight_load_error(path, e) if os.path.isdir(path) else None
+        if named is None:
+            raise
+        raise named from e
+
+
 def load_llava(
     path: str,
     dtype: torch.dtype,
     attn_implementation: str,
     vision_tower_path: str | None = None,
     config: LlavaConfig | None = None,
+    **from_pretrained_kwargs: Any,
 ) -> LlavaLlamaForCausalLM:
     """A full LLaVA checkpoint (ours or upstream's layout), or a plain LLM when its config names no tower.
 
     ``config`` replaces the checkpoint's own (the training entry point edits it first); its vision config is
-    completed from the tower source when missing.
+    completed from the tower source when missing. ``from_pretrained_kwargs`` go to ``from_pretrained`` (the
+    builder's 8-bit/4-bit loading passes ``quantization_config`` and ``device_map``).
     """
     config = config if config is not None else LlavaConfig.from_pretrained(path)
     complete_vision_config(config, vision_tower_path)
-    model, info = LlavaLlamaForCausalLM.from_pretrained(
+    model, info = _from_pretrained(
         path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True,
         ignore_mismatched_sizes=True,  # reported by check_loading_info, with the keys named
+        **from_pretrained_kwargs,
     )
     has_tower = bool(config.vision_config)
     missing_tower = check_loading_info(info, path, (TOWER_PREFIX,) if has_tower else ())
@@ -179,7 +202,7 @@ def load_base_llm(
     model_base: str, config: LlavaConfig, dtype: torch.dtype, attn_implementation: str
 ) -> LlavaLlamaForCausalLM:
     """The base LLM's weights under a LLaVA config whose tower and projector are loaded afterwards."""
-    model, info = LlavaLlamaForCausalLM.from_pretrained(
+    model, info = _from_pretrained(
         model_base, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True,
         ignore_mismatched_sizes=True,
     )

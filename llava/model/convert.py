@@ -37,8 +37,19 @@ import os
 import sys
 
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
+from transformers import CLIPVisionConfig, LlamaConfig
 
+from llava.mm_utils import load_image_processor
+from llava.model.checkpoint_files import (
+    LLAVA_HF,
+    LORA,
+    OURS,
+    PROJECTOR,
+    UPSTREAM,
+    inspect_folder,
+    weight_key_names,
+    weight_load_error,
+)
 from llava.model.checkpoint_loading import CheckpointError
 from llava.model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.reduction.config import ReductionConfig
@@ -119,13 +130,41 @@ def config_from_hf(hf_config, source: str) -> LlavaConfig:
     )
 
 
+# What to do instead, per kind of folder that is not a llava-hf checkpoint.
+_NOT_LLAVA_HF_HINT = {
+    OURS: "it is already in our layout: give it to our tools as it is, or export it with --to-hf",
+    UPSTREAM: "our tools load upstream's layout as it is: give it to them directly (no conversion needed)",
+    PROJECTOR: "a projector-only checkpoint loads with --model-base (the LLM it was trained on)",
+    LORA: "a LoRA adapter loads with --model-base (the LLM it was trained on)",
+}
+
+
+def check_llava_hf(src: str) -> None:
+    """Refuses, from its files and before anything is built, a folder that is not a local llava-hf checkpoint."""
+    found = inspect_folder(src)  # a missing path is an error here, never a hub id
+    if found.kind != LLAVA_HF:
+        hint = _NOT_LLAVA_HF_HINT.get(found.kind, "--from-hf converts LlavaForConditionalGeneration checkpoints only "
+                                                  "(config.json with model_type 'llava' and a text_config)")
+        raise ConversionError(f"{src} is {found.description}, not a transformers LLaVA (llava-hf) checkpoint; {hint}")
+    keys = weight_key_names(src)  # opens every safetensors header: a broken file is named here
+    if keys and not any("multi_modal_projector." in k for k in keys):
+        raise ConversionError(f"{src}: config.json describes a transformers LLaVA model, but its weights hold no "
+                              f"multi_modal_projector tensors (e.g. {sorted(keys)[:3]}); is it the right folder?")
+
+
 def from_hf(src: str, out: str, dtype: torch.dtype | None = None) -> LlavaLlamaForCausalLM:
     """Converts a ``LlavaForConditionalGeneration`` checkpoint into ours (schedule ``off``) and saves it."""
     from transformers import LlavaForConditionalGeneration
 
+    check_llava_hf(src)
     try:
-        hf = LlavaForConditionalGeneration.from_pretrained(src, dtype=dtype or "auto")
-    except (OSError, ValueError) as e:
+        hf = LlavaForConditionalGeneration.from_pretrained(src, dtype=dtype or "auto", local_files_only=True)
+    except Exception as e:
+        named = weight_load_error(src, e)
+        if named is not None:
+            raise named from e
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise CheckpointError(f"cannot load {src} as a transformers LLaVA checkpoint: {e}") from e
     config = config_from_hf(hf.config, src)
     config.tokenizer_model_max_length = config.max_position_embeddings
@@ -135,7 +174,7 @@ def from_hf(src: str, out: str, dtype: torch.dtype | None = None) -> LlavaLlamaF
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
     load_tokenizer(src).save_pretrained(out)
-    CLIPImageProcessor.from_pretrained(src).save_pretrained(out)
+    load_image_processor(src).save_pretrained(out)
     logger.info("wrote %s (our layout, schedule off) from %s", out, src)
     return model
 
@@ -157,9 +196,13 @@ def to_hf(src: str, out: str, drop_schedule: bool = False) -> None:
 
     from llava.model.builder import checkpoint_kind, load_pretrained_model
 
+    if os.path.isdir(src) and inspect_folder(src).kind == LLAVA_HF:
+        raise ConversionError(f"{src} is already a transformers LLaVA (llava-hf) checkpoint: --to-hf exports our "
+                              "checkpoints to that layout. To use it with our tools, convert it first with: "
+                              f"python -m llava.model.convert --from-hf {src} --out DIR2")
     if checkpoint_kind(src) != "full":
         raise ConversionError(f"{src} is not a full checkpoint; merge it first (load_pretrained_model with model_base)")
-    tokenizer, model, processor, _ = load_pretrained_model(src)
+    tokenizer, model, processor, _ = load_pretrained_model(src, device="cpu", torch_dtype=torch.float32)
     red = model.config.reduction_config
     if not red.is_off and not drop_schedule:
         raise ConversionError(
@@ -200,18 +243,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_out(out: str) -> bool:
+    """``--out`` must be a new or empty folder that can be written: checked (and created) before anything is
+    loaded. Returns whether it was created here."""
+    if os.path.exists(os.path.join(out, "config.json")):
+        raise ConversionError(f"--out {out} already holds a checkpoint; choose a new or empty folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConversionError(f"--out {out} is a file; choose a new or empty folder")
+    if os.path.isdir(out):
+        present = sorted(os.listdir(out))
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise ConversionError(f"--out {out} is not empty (it holds {shown}); its files would be mixed with or "
+                                  "overwritten by the checkpoint's: choose a new or empty folder")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConversionError(f"--out {out}: {parent} is a file, so the folder cannot be created")
+    if os.path.isdir(out):
+        return False
+    try:
+        os.makedirs(out)
+    except OSError as e:
+        raise ConversionError(f"--out {out} cannot be created: {e.strerror or e}") from None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    if os.path.exists(os.path.join(args.out, "config.json")):
-        print(f"error: {args.out} already holds a checkpoint; choose an empty folder", file=sys.stderr)
-        return 2
+    created = False
     try:
+        created = check_out(args.out)
         if args.from_hf:
             from_hf(args.from_hf, args.out)
         else:
             to_hf(args.to_hf, args.out, args.drop_schedule)
     except (ConversionError, CheckpointError) as e:
+        if created and not os.listdir(args.out):
+            os.rmdir(args.out)  # refused before writing: leave no empty folder behind
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

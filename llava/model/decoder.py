@@ -12,7 +12,8 @@ order (generated tokens continue the count) and vision token j ``max_position_em
 two disjoint ranges that generation within the context length cannot make collide.
 
 ZeRO-3: every call runs every layer, the scorer at every prune layer and the threshold module (if learned), in the
-same order, whatever the data.
+same order, whatever the data; the twig (TwigVLM) runs whenever the schedule scores with it, never only for some
+samples.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from llava.model.attention_mask import build_attention_mask
+from llava.model.attention_mask import BlockedPairs, build_attention_mask
+from llava.model.compression_tokens import compression_visibility
 from llava.model.multimodal_inputs import MultimodalBatch
 from llava.model.reduction.config import ReductionConfig
 from llava.model.reduction.dual_filter import dual_attention_keep
 from llava.model.reduction.scoring import query_vision_attention, score_vision_tokens
 from llava.model.reduction.topk import select_tokens
 from llava.model.token_state import TokenState, exit_vision, inject_vision, keep_vision, renumber, text_state
+from llava.model.twig import twig_prefill
 
 Observer = Callable[[int, nn.Module, TokenState, torch.Tensor], None]
 
@@ -56,13 +59,24 @@ class GenerationState:
 
 
 @dataclass
+class VisionCounts:
+    """Realised vision tokens per layer under the two counting conventions in use (docs/Baselines.md, "Counting
+    vision tokens"). They differ only at prune layers: this project counts what each layer computes with, MustDrop's
+    authors count each filter layer after its filter."""
+
+    entering: torch.Tensor  # [B, L] valid vision tokens at each layer's input (this project's average)
+    after_filter: torch.Tensor  # [B, L] the same, but a prune layer counts what it keeps (MustDrop's counter)
+
+
+@dataclass
 class DecoderOutput:
     hidden: torch.Tensor  # [B, S, D] final-norm hidden states of the final token set
     state: TokenState  # final token set (positions, validity, labels aligned with `hidden`)
     stages: list[StageRecord] = field(default_factory=list)
     budget_loss: torch.Tensor | None = None
     generation: GenerationState | None = None
-    vision_counts: torch.Tensor | None = None  # [B, L] valid vision tokens at each layer's input (count_vision)
+    vision_counts: VisionCounts | None = None  # realised per layer (count_vision)
+    twig_generation: GenerationState | None = None  # the twig's caches after the prompt (run_decoder's twig_cache)
 
 
 class StageThresholds(nn.Module):
@@ -81,9 +95,20 @@ def initial_thresholds(reduction: ReductionConfig, num_vision_tokens: int) -> li
     return [1.0 - k / n if n > 0 else 0.0 for n, k in zip(counts[:-1], counts[1:])]
 
 
-def _layer_inputs(lm: nn.Module, state: TokenState, impl: str) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
-    mask = build_attention_mask(state.valid, state.hidden.shape[1], impl, state.hidden.dtype)
-    return mask, lm.rotary_emb(state.hidden, position_ids=state.positions)
+def _layer_inputs(
+    lm: nn.Module, state: TokenState, impl: str, blocked: BlockedPairs | None = None
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+    mask = build_attention_mask(state.valid, state.hidden.shape[1], impl, state.hidden.dtype, blocked)
+    return mask, lm.rotary_emb(state.hidden, position_ids=_shared_rows(state.positions))
+
+
+def _shared_rows(positions: torch.Tensor) -> torch.Tensor:
+    """[B, S] positions -> [1, S] when every row has the same ones (``off`` without padding): one RoPE table that the
+    layers broadcast over the batch, as transformers builds it, instead of B equal ones (reading them costs about
+    1.5% of a layer at batch 8). The values are the same either way. One host read per stage."""
+    if positions.shape[0] > 1 and bool((positions == positions[:1]).all()):
+        return positions[:1]
+    return positions
 
 
 def group_vision_offset(lm: nn.Module) -> int:
@@ -110,10 +135,19 @@ def run_decoder(
     use_cache: bool = False,
     observe: Observer | None = None,
     count_vision: bool = False,
+    twig: nn.Module | None = None,
+    twig_cache: bool = False,
+    stop_after: int | None = None,
 ) -> DecoderOutput:
     """Runs every layer on the schedule's token sets. ``observe(i, layer, state, layer_input)`` is called after each
     layer i (1-based, before any pruning after it) for analysis tools; it must not modify the state.
-    ``count_vision`` records the valid vision tokens at every layer's input (realised averages)."""
+    ``count_vision`` records the valid vision tokens of every layer under both conventions (``VisionCounts``; a
+    VoCo schedule's compression tokens count with the image).
+
+    ``twig`` (TwigVLM, ``llava.model.twig``) runs on base layer K's output when the schedule scores with it
+    (``score_layer="twig"``) or, with ``twig_cache``, to fill the draft's caches for speculative decoding (returned
+    as ``twig_generation``). ``stop_after=K`` runs layers 1..K only and returns their output before the final norm
+    (the twig's shallow model)."""
     layers = lm.layers
     L = len(layers)
     impl = lm.config._attn_implementation
@@ -129,9 +163,17 @@ def run_decoder(
     stages: list[StageRecord] = []
     budget_terms: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
+    counts_after: list[torch.Tensor] = []
+    twig_at = None
+    if reduction.score_layer == "twig" or twig_cache:
+        if twig is None:
+            raise ValueError(f"schedule {reduction.name!r} needs the model's twig (score_layer='twig' or a draft cache)")
+        twig_at = twig.after_layer
+    twig_input = twig_gen = None
     mask = pos_emb = None
+    stale = True  # the mask and RoPE table need building (a dense set's sdpa mask is None, so None cannot say it)
     for i, layer in enumerate(layers, start=1):
-        changed = mask is None
+        changed = stale
         if i == reduction.inject_layer:
             batch.resolve_vision()  # joins a decoupled vision stage (parallel_vision)
             state, changed = inject_vision(state, batch, vision_positions), True
@@ -142,7 +184,9 @@ def run_decoder(
             if compacted:
                 state, next_position = renumber(state), state.valid.sum(1)
         if changed:  # masks and RoPE tables change only at stage boundaries
-            mask, pos_emb = _layer_inputs(lm, state, impl)
+            # the schedule's pair-wise visibility (VoCo's compression tokens), None for every other schedule
+            mask, pos_emb = _layer_inputs(lm, state, impl, compression_visibility(state, batch.has_image, reduction, impl))
+            stale = False
         if use_cache:
             key_valid.append(state.valid)
             next_positions.append(next_position)
@@ -159,6 +203,8 @@ def run_decoder(
         )
         if observe is not None:
             observe(i, layer, state, layer_input)
+        if i == twig_at:  # TwigVLM: the twig on layer K's output, before the cut after it
+            twig_input, twig_gen = twig_prefill(twig, state, mask, pos_emb, next_position, twig_cache)
         if i in prune_at and reduction.selection == "dual_attention":
             scorer, scored = (layers[i], None) if reduction.score_layer == "next" else (layer, layer_input)
             with torch.no_grad():  # training-free: thresholds on probabilities carry no gradient
@@ -171,15 +217,18 @@ def run_decoder(
             state = keep_vision(state, keep, None, keep_valid)
             if compacted:
                 state, next_position = renumber(state), state.valid.sum(1)
-            mask = None
+            stale = True
         elif i in prune_at:
             s = prune_at[i]
             k = reduction.keep_counts[s]
             candidates = state.num_vision
             grad_ctx = torch.enable_grad() if reduction.topk == "diff" and torch.is_grad_enabled() else torch.no_grad()
             with grad_ctx:
-                # "next": layer i + 1 on layer i's output; "same": layer i on its own input (same token set).
+                # "next": layer i + 1 on layer i's output; "same": layer i on its own input (same token set);
+                # "twig": the twig's last layer on its input (the twig ran on layer i's output).
                 scorer, scored = (layers[i], None) if reduction.score_layer == "next" else (layer, layer_input)
+                if reduction.score_layer == "twig":
+                    scorer, scored = twig.layers[-1], twig_input
                 scores = score_vision_tokens(scorer, lm.rotary_emb, state, batch.query_text_index, batch.query_valid,
                                              scored, reduction.score_weight)
                 sel = select_tokens(
@@ -192,23 +241,35 @@ def run_decoder(
                     img = batch.has_image.to(sel.soft_mask.dtype)
                     frac = (sel.soft_mask.mean(1) * img).sum() / img.sum().clamp_min(1.0)
                     budget_terms.append((frac - k / candidates) ** 2)
+            # With local merging some candidates are merged-away slots: top-k may pick them as filler once the real
+            # tokens run out (keep_vision carries them as invalid). Record which picks are real tokens, so that
+            # kept counts and maps count tokens, not slots.
+            keep_valid = None if batch.vision_valid is None else torch.gather(state.vision_valid(), 1, sel.keep)
             stages.append(StageRecord(layer=i, candidates=candidates, keep=sel.keep, soft_keep=soft_keep,
-                                      vision_start=state.vision_start))
+                                      keep_valid=keep_valid, vision_start=state.vision_start))
             state = keep_vision(state, sel.keep, sel.scale)
             if compacted:
                 state, next_position = renumber(state), state.valid.sum(1)
-            mask = None  # rebuilt before the next layer
+            stale = True  # rebuilt before the next layer
+        if count_vision:
+            counts_after.append(state.vision_count())
+        if i == stop_after:
+            break
     batch.resolve_vision()  # a schedule that never injects still runs the tower (same modules on every rank)
-    state.hidden = lm.norm(state.hidden)
+    if stop_after is None:
+        state.hidden = lm.norm(state.hidden)
     budget = torch.stack(budget_terms).sum() * reduction.budget_weight if budget_terms else None
     gen = None
     if use_cache:
         if reduction.kv_policy == "final" and stages:
             _keep_final_survivors(key_valid, next_positions, stages, reduction, compacted)
         gen = GenerationState(cache=cache, key_valid=key_valid, next_position=next_positions)
-    vision_counts = torch.stack(counts, 1) if counts else None  # [B, L]
+    vision_counts = None
+    if counts:  # a VoCo schedule's compression tokens exist because of the image: they count with it
+        voco = (batch.has_image.long() * reduction.compress_tokens).unsqueeze(1)  # [B, 1]
+        vision_counts = VisionCounts(torch.stack(counts, 1) + voco, torch.stack(counts_after, 1) + voco)
     return DecoderOutput(hidden=state.hidden, state=state, stages=stages, budget_loss=budget, generation=gen,
-                         vision_counts=vision_counts)
+                         vision_counts=vision_counts, twig_generation=twig_gen)
 
 
 def _keep_final_survivors(
@@ -251,33 +312,55 @@ def _keep_final_survivors(
         key_valid[li], next_positions[li] = masked[id(src)]
 
 
+def decode_chunk(
+    lm: nn.Module,
+    hidden: torch.Tensor,  # [B, n, D] the new tokens' input to layer ``start`` (embeddings when start = 0)
+    gen: GenerationState,
+    valid: torch.Tensor | None = None,  # [B, n] bool: real new tokens (a row may carry fewer, e.g. padding)
+    start: int = 0,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """Cached forward of ``n`` new tokens through layers ``start..stop-1`` (0-based); returns their hidden states
+    after layer ``stop - 1``, before the final norm. Each layer attends to its own cache plus the new tokens
+    (causal by order); the new tokens take positions ``next_position + (valid tokens before them)``, so invalid
+    slots neither take a position nor are attended to. Advances ``gen`` in place for the layers it runs.
+
+    Layers of one stage share their key-validity and position tensors; each distinct one is extended once and its
+    mask and RoPE table built once. The only host read: with sdpa, whether a one-token step's keys are all valid
+    (then it runs with no mask, ``attention_mask.build_attention_mask``), once per distinct set.
+    """
+    impl = lm.config._attn_implementation
+    B, n = hidden.shape[:2]
+    if valid is None:
+        valid = torch.ones(B, n, dtype=torch.bool, device=hidden.device)
+    offsets = valid.long().cumsum(1) - valid.long()  # [B, n] valid new tokens before each one
+    advance = valid.long().sum(1)  # [B]
+    layers = lm.layers[start:stop]
+    extended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    stepped: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+    h = hidden
+    for li, layer in enumerate(layers, start=start):
+        src = gen.key_valid[li]
+        if id(src) not in extended:
+            kv = torch.cat([src, valid], dim=1)
+            extended[id(src)] = (src, kv, build_attention_mask(kv, n, impl, h.dtype))
+        _, kv, mask = extended[id(src)]
+        gen.key_valid[li] = kv
+        pos = gen.next_position[li]
+        if id(pos) not in stepped:
+            positions = pos.unsqueeze(1) + offsets  # [B, n]
+            stepped[id(pos)] = (pos, pos + advance, positions, lm.rotary_emb(h, position_ids=positions))
+        _, advanced, positions, pos_emb = stepped[id(pos)]
+        gen.next_position[li] = advanced
+        h = layer(h, attention_mask=mask, position_ids=positions, past_key_values=gen.cache, use_cache=True,
+                  position_embeddings=pos_emb)
+    return h
+
+
 def decode_step(lm: nn.Module, embeds: torch.Tensor, gen: GenerationState) -> torch.Tensor:
     """One cached step for new tokens ``embeds`` [B, 1, D]; each layer attends to its own cache.
 
     Positions come from the per-layer counts kept in ``gen`` (never from a cache length: layer 0's cache holds
     text only). Returns final-norm hidden states [B, 1, D] and advances ``gen`` in place.
     """
-    impl = lm.config._attn_implementation
-    B = embeds.shape[0]
-    new_valid = torch.ones(B, 1, dtype=torch.bool, device=embeds.device)
-    h = embeds
-    # Layers of one stage share their key-validity and position tensors; extend each distinct one once, and
-    # build its mask and RoPE table once (no host sync).
-    extended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
-    stepped: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for li, layer in enumerate(lm.layers):
-        src = gen.key_valid[li]
-        if id(src) not in extended:
-            kv = torch.cat([src, new_valid], dim=1)
-            extended[id(src)] = (src, kv, build_attention_mask(kv, 1, impl, h.dtype))
-        _, kv, mask = extended[id(src)]
-        gen.key_valid[li] = kv
-        pos = gen.next_position[li]
-        if id(pos) not in stepped:
-            positions = pos.unsqueeze(1)  # [B, 1]
-            stepped[id(pos)] = (pos, pos + 1, lm.rotary_emb(embeds, position_ids=positions))
-        _, advanced, pos_emb = stepped[id(pos)]
-        gen.next_position[li] = advanced
-        h = layer(h, attention_mask=mask, position_ids=pos.unsqueeze(1), past_key_values=gen.cache, use_cache=True,
-                  position_embeddings=pos_emb)
-    return lm.norm(h)
+    return lm.norm(decode_chunk(lm, embeds, gen))

@@ -8,20 +8,24 @@ upstream projector files load.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava.constants import IGNORE_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.compression_tokens import check_compress_support, insert_compress_tokens
 from llava.model.decoder import (
     DecoderOutput,
     Observer,
     StageRecord,
     StageThresholds,
+    VisionCounts,
     decode_step,
     initial_thresholds,
     run_decoder,
@@ -29,10 +33,28 @@ from llava.model.decoder import (
 from llava.model.multimodal_inputs import split_multimodal_batch
 from llava.model.projector import build_projector
 from llava.model.reduction.config import ReductionConfig
+from llava.model.twig import Twig, TwigSpec, check_twig_schedule, init_twig_from_base, twig_loss
+from llava.model.two_pass import ImageCache, compressed_prefill
 from llava.model.vision_merge import encode_with_local_merging
 from llava.model.vision_tower import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
+
+
+def _ends_streamer(generate):
+    """Calls ``streamer.end()`` once ``generate`` returns or fails, so a consumer iterating the streamer (e.g. a
+    ``TextIteratorStreamer`` in another thread) never waits for tokens that will not come."""
+
+    @functools.wraps(generate)
+    def wrapper(self, *args, **kwargs):
+        streamer = kwargs.get("streamer")
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            if streamer is not None:
+                streamer.end()
+
+    return wrapper
 
 
 class LlavaConfig(LlamaConfig):
@@ -52,6 +74,11 @@ class LlavaConfig(LlamaConfig):
     # beside the text-only shallow layers (a side CUDA stream) and joins at injection. "auto": on with a GPU and
     # inject_layer > 1; "on"; "off". Never under DeepSpeed ZeRO-3 (see LlavaLlamaForCausalLM.vision_decoupled).
     parallel_vision: str = "auto"
+    # The <voco> token id of a checkpoint trained with VoCo-LLaMA's compression tokens (None: never trained with
+    # them); the schedule's compress_tokens says how many follow each image (llava.model.compression_tokens).
+    compress_token_id: int | None = None
+    # TwigVLM's twig (llava.model.twig): {"after_layer": K, "num_layers": T}, or None for a model without one.
+    twig: dict | None = None
 
     @property
     def reduction_config(self) -> ReductionConfig:
@@ -92,6 +119,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             )
             self.model.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self._build_thresholds()
+        self.twig = Twig(config, TwigSpec.from_dict(config.twig)) if config.twig else None
         self.post_init()
 
     # ------------------------------------------------------------------ assembly
@@ -140,9 +168,22 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     def set_reduction(self, reduction: ReductionConfig) -> None:
         """Switches the schedule (e.g. evaluating a plain LLaVA checkpoint with HiDrop, training-free)."""
         reduction.validate_for(self.config.num_hidden_layers, self.config.num_vision_tokens)
+        check_compress_support(self.config, reduction)
+        check_twig_schedule(reduction, self.twig)
         self.config.reduction = reduction.to_dict()
         if reduction.learn_threshold and self.reduction_thresholds is None:
             self._build_thresholds()
+
+    def add_twig(self, spec: TwigSpec, from_base: bool = True) -> Twig:
+        """Attaches a twig (saved with the model from now on), initialised from the base layers after its layer K
+        as TwigVLM does, unless ``from_base`` is False (its weights are loaded next)."""
+        spec.validate_for(self.config.num_hidden_layers)
+        self.config.twig = spec.to_dict()
+        p = self.lm_head.weight
+        self.twig = Twig(self.config, spec).to(device=p.device, dtype=p.dtype)
+        if from_base:
+            init_twig_from_base(self)
+        return self.twig
 
     def get_vision_tower(self) -> CLIPVisionTower:
         return self.model.vision_tower
@@ -200,6 +241,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         and the callable makes the main stream wait for it; on CPU it runs when called (the cores are shared anyway).
         """
         B = input_ids.shape[0]
+        if red.compress_tokens:  # the one place VoCo tokens enter a prompt (after each <image> placeholder)
+            input_ids, attention_mask, labels = insert_compress_tokens(
+                input_ids, attention_mask, labels, self.config.compress_token_id, red.compress_tokens)
         if not self.vision_decoupled(red):
             vision, valid, key = self.encode_vision(images, B, red)
             batch = split_multimodal_batch(input_ids, attention_mask, vision, self.model.embed_tokens, labels,
@@ -214,7 +258,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
 
     def _reduction(self, reduction: ReductionConfig | None) -> ReductionConfig:
         red = reduction if reduction is not None else self.config.reduction_config
-        return red.validate_for(self.config.num_hidden_layers, self.config.num_vision_tokens)
+        red.validate_for(self.config.num_hidden_layers, self.config.num_vision_tokens)
+        check_compress_support(self.config, red)
+        check_twig_schedule(red, self.twig)
+        return red
 
     def forward(
         self,
@@ -232,8 +279,11 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool = True,
+        objective: str = "lm",
         **kwargs,
     ) -> LlavaCausalLMOutput:
+        """``objective="twig"`` (twig training, ``scripts/train_twig.sh``): the loss and logits of the shallow model
+        (base layers 1..K, then the twig), on every token as plain LLaVA runs them; only the twig gets gradients."""
         # Wrappers such as peft pass the standard HF arguments; refuse the ones this forward cannot honour.
         if inputs_embeds is not None:
             raise ValueError("pass input_ids (with the <image> placeholder), not inputs_embeds")
@@ -252,8 +302,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             batch.query_text_index = query_text_index
             batch.query_valid = (torch.ones_like(query_text_index, dtype=torch.bool) if query_valid is None
                                  else query_valid)
+        if objective == "twig":
+            if self.twig is None:
+                raise ValueError("objective='twig' trains the twig, but this model has none (config.twig is empty)")
+            loss, logits = twig_loss(self, batch)
+            return LlavaCausalLMOutput(loss=loss if labels is not None else None, logits=logits)
+        if objective != "lm":
+            raise ValueError(f"objective must be 'lm' or 'twig', got {objective!r}")
         out = run_decoder(self.model, batch, red, self.reduction_thresholds, observe=observe,
-                          count_vision=count_vision)
+                          count_vision=count_vision, twig=self.twig)
         logits = self.lm_head(out.hidden).float()  # [B, S, V]
         loss = None
         if labels is not None:
@@ -271,10 +328,11 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         )
 
     # ------------------------------------------------------------------ generation
+    @_ends_streamer
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
         max_new_tokens: int = 128,
@@ -287,16 +345,52 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         reduction: ReductionConfig | None = None,
         generator: torch.Generator | None = None,
         return_vision_counts: bool = False,
+        image_cache: ImageCache | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
+        num_beams: int = 1,
+        streamer: Any | None = None,
+        stopping_criteria: Any | None = None,
+        speculative: str | None = None,
+        draft_tokens: int = 5,
+        draft_threshold: float = 0.6,
+        speculative_stats: Any | None = None,
         **unsupported,
-    ) -> torch.LongTensor | tuple[torch.LongTensor, torch.Tensor]:
+    ) -> torch.LongTensor | tuple[torch.LongTensor, VisionCounts]:
         """Greedy or sampled decoding; returns only the new tokens [B, new]. Batches must be left-padded.
 
         With the cache, prefill prunes once (query: the last prompt token) and each layer decodes against its own
         cache. Without it, every step recomputes the whole sequence with the scoring query fixed at the last prompt
         token, which is the same computation and is what the consistency tests compare against.
+
+        Upstream LLaVA's call form works as written: ``inputs=`` for ``input_ids``, ``image_sizes`` (accepted and
+        checked against the batch; only LLaVA-1.6's anyres tiling would use it), ``num_beams=1`` (beam search is
+        refused), a transformers streamer (``put`` with the prompt, then each new token ``[B]`` as it is
+        sampled, ``end`` once, also when generation fails) and ``stopping_criteria`` (a ``StoppingCriteriaList``
+        or callables ``(sequence [B, T + n], scores [B, V]) -> bool or [B] bools``; a stopped row, like one
+        that produced EOS, gets pad tokens after it).
+
+        A VoCo schedule (``compress_tokens > 0``) prefills in two passes (``llava.model.two_pass``): each image and
+        its VoCo tokens once, every layer's cache cropped to the keys the text may see, then the text after it.
+        ``image_cache`` (an ``ImageCache``) keeps the compressed images for later calls about the same image.
+
+        ``speculative="twig"`` (a model with a twig): self-speculative decoding (``llava.model.speculative``), the
+        shallow model drafting up to ``draft_tokens`` tokens (stopping after one it gives less than
+        ``draft_threshold``) and this schedule verifying them; greedy output equals plain greedy output, sampling
+        keeps the base's distribution. ``speculative_stats`` (a ``SpeculativeStats``) receives the acceptance rate
+        and timing.
         """
+        if "inputs" in unsupported:  # transformers' (and upstream's model worker's) name for the prompt ids
+            if input_ids is not None:
+                raise TypeError("pass the prompt as input_ids or inputs, not both")
+            input_ids = unsupported.pop("inputs")
         if unsupported:
             raise TypeError(f"generate() does not support {sorted(unsupported)} (greedy or sampled decoding only)")
+        if input_ids is None:
+            raise TypeError("generate() needs input_ids, the prompt token ids [B, T]")
+        if num_beams != 1:
+            raise ValueError(f"num_beams={num_beams}: beam search is not supported here (greedy or sampled decoding "
+                             "only); use num_beams=1, as every LLaVA-1.5 evaluation script does")
+        _check_image_sizes(image_sizes, images)
         red = self._reduction(reduction)
         B, T = input_ids.shape
         if attention_mask is None:
@@ -304,15 +398,32 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         _check_left_padded(attention_mask)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         pad = (self.config.pad_token_id if pad_token_id is None else pad_token_id) or 0
+        if speculative is not None:
+            if speculative != "twig":
+                raise ValueError(f"speculative must be 'twig' (the model's twig drafts) or None, got {speculative!r}")
+            if not use_cache or stopping_criteria is not None or image_cache is not None:
+                raise ValueError("speculative='twig' decodes with the cache, without stopping_criteria or image_cache")
+            from llava.model.speculative import speculative_generate
+
+            if streamer is not None and B == 1:
+                streamer.put(_prompt_for_streamer(input_ids, pad))
+            tokens, counts = speculative_generate(
+                self, input_ids, attention_mask, images, red, max_new_tokens, do_sample, temperature, top_p, eos, pad,
+                generator, draft_tokens, draft_threshold, speculative_stats, return_vision_counts, streamer)
+            return (tokens, counts) if return_vision_counts else tokens
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         if not use_cache and red.kv_policy == "final":
             raise ValueError(f"schedule {red.name!r} decodes with its output-aware cache (kv_policy='final'), which "
                              "full recompute does not model; generate with use_cache=True")
         counts = None
-        if use_cache:
+        if use_cache and red.compress_tokens:  # VoCo: compress each image once, answer against its VoCo cache
+            pre = compressed_prefill(self, input_ids, attention_mask, images, red, image_cache)
+            counts, gen, logits = pre.vision_counts, pre.generation, pre.logits
+        elif use_cache:
             batch = self.multimodal_batch(input_ids, attention_mask, images, None, red)
-            out = run_decoder(self.model, batch, red, None, use_cache=True, count_vision=return_vision_counts)
+            out = run_decoder(self.model, batch, red, None, use_cache=True, count_vision=return_vision_counts,
+                              twig=self.twig)
             counts = out.vision_counts
             gen = out.generation
             last = last_valid(out.state.valid)  # [B]
@@ -321,14 +432,23 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             ids, mask = input_ids, attention_mask
             query = self.prompt_query(input_ids, attention_mask, red)
             logits = self._last_logits(ids, mask, images, red, query)
+        if streamer is not None:
+            streamer.put(_prompt_for_streamer(input_ids, pad))
         for _ in range(max_new_tokens):
             nxt = next_token(logits, do_sample, temperature, top_p, generator)  # [B]
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
             new_tokens.append(nxt)
+            if streamer is not None:
+                streamer.put(nxt.cpu())
             if eos is not None:
                 finished = finished | (nxt == eos)
-                if bool(finished.all()):
-                    break
+            if stopping_criteria is not None:
+                sequence = torch.cat([input_ids, torch.stack(new_tokens, 1)], 1)  # [B, T + n]
+                finished = finished | _stopped_rows(stopping_criteria, sequence, logits, B)
+            if (eos is not None or stopping_criteria is not None) and bool(finished.all()):
+                break
+            if len(new_tokens) == max_new_tokens:
+                break  # the last token's logits would never be read: no step for them
             if use_cache:
                 h = decode_step(self.model, self.model.embed_tokens(nxt).unsqueeze(1), gen)
                 logits = self.lm_head(h[:, -1]).float()
@@ -342,7 +462,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 with torch.no_grad():
                     counts = self.forward(input_ids, attention_mask, images=images, reduction=red,
                                           count_vision=True).decoder.vision_counts
-            return tokens, counts  # [B, new], [B, L] valid vision tokens at each layer's input during prefill
+            return tokens, counts  # [B, new]; the prefill's realised vision tokens per layer (VisionCounts)
         return tokens
 
     def prompt_query(
@@ -404,6 +524,38 @@ def last_valid(valid: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B]
     return (valid.long() * cols).argmax(1)
 
 
+def _prompt_for_streamer(input_ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """The prompt as a streamer's first ``put``: image placeholders (-200, not a token) removed for one prompt,
+    replaced by the pad id in a batch (rows must keep one length)."""
+    ids = input_ids.cpu()
+    image = ids == IMAGE_TOKEN_INDEX
+    if ids.shape[0] == 1:
+        return ids[~image].unsqueeze(0)  # [1, T - images]
+    return torch.where(image, torch.full_like(ids, pad), ids)  # [B, T]
+
+
+def _stopped_rows(criteria: Any, sequence: torch.Tensor, scores: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B] bools: the rows any stopping criterion ends (a criterion may answer one bool for the whole batch)."""
+    items = criteria if isinstance(criteria, (list, tuple)) else [criteria]  # StoppingCriteriaList is a list
+    done = torch.zeros(batch, dtype=torch.bool, device=sequence.device)
+    for criterion in items:
+        result = torch.as_tensor(criterion(sequence, scores), device=sequence.device).to(torch.bool).reshape(-1)
+        done = done | (result.expand(batch) if result.numel() == 1 else result)
+    return done
+
+
+def _check_image_sizes(image_sizes: Any, images: torch.Tensor | None) -> None:
+    """Upstream passes ``image_sizes=[(w, h), ...]``, one per image; only its length can be checked here."""
+    if image_sizes is None or images is None:
+        return
+    try:
+        n = len(image_sizes)
+    except TypeError:
+        raise TypeError(f"image_sizes must be a list of (width, height), one per image, got {image_sizes!r}") from None
+    if n != images.shape[0]:
+        raise ValueError(f"image_sizes has {n} entries for {images.shape[0]} images; pass one (width, height) per image")
+
+
 def _check_left_padded(mask: torch.Tensor) -> None:
     m = mask.bool()
     # Left padding: once a row has started, it has no holes and runs to the last column.
@@ -411,11 +563,9 @@ def _check_left_padded(mask: torch.Tensor) -> None:
         raise ValueError("generate() needs left-padded batches (tokenizer.padding_side = 'left')")
 
 
-def next_token(
-    logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    if not do_sample or temperature == 0:
-        return logits.argmax(-1)
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
+    """[..., V] -> the distribution sampled tokens are drawn from (temperature, then the nucleus renormalised).
+    Speculative sampling uses it for both the base and the draft, so it keeps exactly this distribution."""
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p is not None and top_p < 1.0:
         sorted_p, idx = torch.sort(probs, descending=True)
@@ -423,10 +573,19 @@ def next_token(
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return probs
+
+
+def next_token(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    if not do_sample or temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, temperature, top_p), 1, generator=generator).squeeze(1)
 
 
 AutoConfig.register(LlavaConfig.model_type, LlavaConfig)
 AutoModelForCausalLM.register(LlavaConfig, LlavaLlamaForCausalLM)
 
-__all__ = ["LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss", "last_valid", "next_token"]
+__all__ = ["LlavaCausalLMOutput", "LlavaConfig", "LlavaLlamaForCausalLM", "causal_lm_loss", "last_valid", "next_token",
+           "sampling_probs"]

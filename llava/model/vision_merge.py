@@ -50,7 +50,8 @@ Decisions and deviations from the MustDrop release (liuting20/MustDrop, ``local_
   drop them using ``valid``.
 * **No merging.** ``merge_threshold=None`` or ``> 1`` (a mean cosine similarity never exceeds 1) disables merging;
   then ``features`` equal ``CLIPVisionTower.forward`` exactly, because the same layers run on the same inputs with no
-  mask. The key set is still computed.
+  mask. The key set is still computed, and no window is formed, so the grid need not be divisible by ``window``
+  (``key_ratio > 0`` with ``local_merge=false`` runs on any grid).
 * **Attention implementations.** The masked layers pass a ``[B, 1, 1, S]`` additive float mask, which transformers'
   ``eager`` and ``sdpa`` CLIP attention accept; with merging enabled any other implementation (flash attention) is
   refused up front, whatever the images. With merging disabled no mask is passed and any implementation works.
@@ -208,7 +209,12 @@ def encode_with_local_merging(
     hidden = model.pre_layrnorm(model.embeddings(images.to(dtype=dtype)))  # [B, 1+P, D]
     hidden = layers[0](hidden, None)  # [B, 1+P, D]
 
-    patches, valid, merged = merge_blocks(hidden[:, 1:], window, merge_threshold)  # [B, P, D], [B, P], [B, P]
+    if merging:
+        patches, valid, merged = merge_blocks(hidden[:, 1:], window, merge_threshold)  # [B, P, D], [B, P], [B, P]
+    else:  # the key set alone: no block is formed, so any grid works, whatever the window
+        patches = hidden[:, 1:]  # [B, P, D]
+        valid = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)  # [B, P]
+        merged = torch.zeros_like(valid)  # [B, P]
     hidden = torch.cat([hidden[:, :1], patches], dim=1)  # [B, 1+P, D]
     cls_valid = torch.ones_like(valid[:, :1])  # [B, 1]
     key_valid = torch.cat([cls_valid, valid], dim=1)  # [B, 1+P]

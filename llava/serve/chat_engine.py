@@ -23,11 +23,14 @@ import torch
 from PIL import Image
 
 from llava.analysis.common import CHECKPOINT_SCHEDULE
-from llava.analysis.kept_tokens import kept_map_png_bytes, kept_patch_masks, processed_image, stage_titles
+from llava.analysis.kept_tokens import kept_map_png_bytes, kept_panels, processed_image
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import ImageLoadError, background_color, load_image, process_images, tokenizer_image_token
+from llava.model.compression_tokens import check_compress_support, image_prompt_tokens
 from llava.model.reduction.config import PRESETS, ReductionConfig, ReductionConfigError, resolve_reduction
+from llava.model.speculative import SpeculativeStats
+from llava.model.two_pass import ImageCache
 from llava.serve.common import prompt_token_count
 from llava.serve.streaming import Prefill, TokenStream
 
@@ -95,6 +98,7 @@ class Answer:
     prompt_tokens: int  # the prompt as the model counts it (the image as its vision tokens)
     max_new_tokens: int  # after capping to the context
     sampling: Sampling
+    speculative: SpeculativeStats | None = None  # self-speculative decoding (the server's --speculative twig)
 
 
 @dataclass
@@ -151,10 +155,21 @@ class ChatEngine:
     context_len: int
     conv_mode: str = "vicuna_v1"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # VoCo schedules: compressed images (their VoCo caches, on the model's device) shared by every conversation and
+    # keyed by content, so a follow-up question skips the vision tower and the image; least recently used out.
+    max_cached_images: int = 8
+    # "twig": every answer is decoded self-speculatively with the checkpoint's twig (greedy answers are the plain
+    # ones; sampled answers keep the base's distribution), and the statistics show the acceptance rate.
+    speculative: str | None = None
     loaded_schedule: ReductionConfig = field(init=False)
+    image_cache: ImageCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.loaded_schedule = self.model.config.reduction_config
+        self.image_cache = ImageCache(self.max_cached_images)
+        if self.speculative and getattr(self.model, "twig", None) is None:
+            raise ValueError("--speculative twig drafts with the checkpoint's twig, but this checkpoint has none "
+                             "(scripts/train_twig.sh trains one)")
         get_conv_template(self.conv_mode)  # an unknown template fails at start-up, not on the first question
 
     @property
@@ -177,9 +192,29 @@ class ChatEngine:
         try:
             red = resolve_reduction(None if preset_name in ("", CHECKPOINT_SCHEDULE) else preset_name,
                                     override_text or None, base=self.loaded_schedule)
+            check_compress_support(self.model.config, red)
             return red.validate_for(self.num_layers, self.num_vision_tokens)
         except ReductionConfigError as e:
             raise DemoInputError(f"Invalid schedule: {e}") from None
+
+    def unfit_presets(self) -> dict[str, str]:
+        """The presets this model cannot run (another depth or width than they were written for), each with the
+        reason ``resolve_schedule`` would give."""
+        unfit: dict[str, str] = {}
+        for name in sorted(PRESETS):
+            try:
+                self.resolve_schedule(name, "")
+            except DemoInputError as e:
+                unfit[name] = str(e).removeprefix("Invalid schedule: ")
+        return unfit
+
+    def schedule_options(self) -> list[tuple[str, str]]:
+        """The picker's entries as (label, value): the loaded schedule, the presets this model runs, then the others,
+        marked (picking one shows why it cannot run)."""
+        unfit = self.unfit_presets()
+        fit = [(name, name) for name in sorted(PRESETS) if name not in unfit]
+        marked = [(f"{name} (does not fit this model)", name) for name in sorted(unfit)]
+        return [(CHECKPOINT_SCHEDULE, CHECKPOINT_SCHEDULE), *fit, *marked]
 
     def describe_schedule(self, red: ReductionConfig) -> str:
         return red.describe(self.num_layers, self.num_vision_tokens)
@@ -254,17 +289,23 @@ class ChatEngine:
         conv = state.conv
         if state.last is None or len(conv.messages) < 2 or conv.messages[-1][1] is None:
             raise DemoInputError("There is no answer to regenerate yet: ask a question first.")
-        conv.messages[-1] = (conv.roles[1], None)
+        conv.messages[-1][-1] = None
         return self._pending(state, sampling)
 
     def _pending(self, state: ChatState, sampling: Sampling) -> PendingTurn:
-        ids = tokenizer_image_token(state.conv.get_prompt(), self.tokenizer, return_tensors="pt")
-        needed = prompt_token_count(ids, self.num_vision_tokens)
+        return self.turn_for_prompt(state.conv.get_prompt(), sampling)
+
+    def turn_for_prompt(self, prompt: str, sampling: Sampling) -> PendingTurn:
+        """The prompt's tokens and its answer's cap, or :class:`DemoInputError` when the context has no room
+        (also the model worker's check, llava.serve.model_worker)."""
+        ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        image_tokens = image_prompt_tokens(self.num_vision_tokens, self.loaded_schedule)  # VoCo tokens count too
+        needed = prompt_token_count(ids, image_tokens)
         room = self.context_len - needed
         if room < 1:
             raise DemoInputError(
                 f"The prompt would be {needed} tokens (the conversation so far plus this question; the image counts "
-                f"as {self.num_vision_tokens}) but the model's context length is {self.context_len}; nothing was "
+                f"as {image_tokens}) but the model's context length is {self.context_len}; nothing was "
                 "generated. Ask a shorter question, or press Clear to start a new conversation.")
         note = None
         max_new = sampling.max_new_tokens
@@ -274,14 +315,16 @@ class ChatEngine:
             max_new = room
         return PendingTurn(ids.unsqueeze(0), needed, max_new, note)
 
-    def stream(self, pixels: torch.Tensor, turn: PendingTurn, schedule: ReductionConfig,
+    def stream(self, pixels: torch.Tensor | None, turn: PendingTurn, schedule: ReductionConfig,
                sampling: Sampling) -> TokenStream:
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.do_sample else None
-        return TokenStream(self.model, turn.input_ids.to(device), pixels.to(device), schedule, turn.max_new_tokens,
+        pixels = pixels.to(device) if pixels is not None else None  # None: a text-only prompt (model worker)
+        return TokenStream(self.model, turn.input_ids.to(device), pixels, schedule, turn.max_new_tokens,
                            do_sample=sampling.do_sample, temperature=sampling.temperature,
                            top_p=sampling.top_p if sampling.top_p < 1 else None,
-                           eos_token_id=self.tokenizer.eos_token_id, generator=generator)
+                           eos_token_id=self.tokenizer.eos_token_id, generator=generator, image_cache=self.image_cache,
+                           speculative=self.speculative)
 
     def decode(self, tokens: list[int]) -> str:
         """The answer text, as the terminal chat prints it."""
@@ -296,30 +339,32 @@ class ChatEngine:
             yield self.decode(stream.tokens).rstrip("\ufffd")
         assert stream.prefill is not None
         yield Answer(self.decode(stream.tokens), schedule, stream.prefill, list(stream.tokens), stream.decode_seconds,
-                     stream.tokens_per_second, turn.prompt_tokens, turn.max_new_tokens, sampling)
+                     stream.tokens_per_second, turn.prompt_tokens, turn.max_new_tokens, sampling,
+                     stream.speculative_stats)
 
     @staticmethod
     def finish_turn(state: ChatState, turn: PendingTurn, answer: Answer, question: str) -> None:
-        state.conv.messages[-1] = (state.conv.roles[1], answer.text)  # context for the next turn
+        state.conv.messages[-1][-1] = answer.text  # context for the next turn
         state.last, state.last_prompt, state.last_question = answer, turn.input_ids, question
 
     # ----------------------------------------------------------------------------------------------- reports
     def kept_map(self, pixels: torch.Tensor, answer: Answer) -> Image.Image:
         """The kept-token map of the answer's own prefill, drawn by ``llava.analysis.kept_tokens``."""
         N = self.num_vision_tokens
-        stages = answer.prefill.stages
+        panels = kept_panels(answer.prefill.stages, N, answer.prefill.vision_valid)
         suptitle = (f"schedule '{answer.schedule.name}': realised average {answer.prefill.realised_avg_vision_tokens:.2f}"
                     f" of {N} vision tokens per layer")
-        png = kept_map_png_bytes(processed_image(pixels[0], self.image_processor), kept_patch_masks(stages, N),
-                                 stage_titles(stages, N), suptitle=suptitle)
+        png = kept_map_png_bytes(processed_image(pixels[0], self.image_processor), panels.masks, panels.titles,
+                                 suptitle=suptitle)
         with Image.open(io.BytesIO(png)) as img:
             return img.convert("RGB")
 
     def stats_markdown(self, answer: Answer, notes: Sequence[str] = ()) -> str:
         N, L = self.num_vision_tokens, self.num_layers
         pf = answer.prefill
-        kept = ", ".join(f"{len(idx)} after layer {st.layer}" for st, idx in
-                         zip(pf.stages, _kept_counts(pf.stages, N))) or "none pruned"
+        panels = kept_panels(pf.stages, N, pf.vision_valid)  # real tokens only, never merged-away slots
+        kept = ", ".join(f"{k} after {'local merging' if layer is None else f'layer {layer}'}"
+                         for layer, k in zip(panels.layers, panels.kept)) or "none pruned"
         rate = "n/a (fewer than 2 tokens)" if answer.tokens_per_second is None else f"{answer.tokens_per_second:.1f}"
         sampling = ("greedy" if not answer.sampling.do_sample else
                     f"temperature {answer.sampling.temperature:g}, top-p {answer.sampling.top_p:g}, "
@@ -327,18 +372,23 @@ class ChatEngine:
         lines = [
             f"**Schedule** `{answer.schedule.name}`",
             f"- average vision tokens per layer (realised): **{pf.realised_avg_vision_tokens:.2f}** of {N} "
-            f"over {L} layers; kept: {kept}",
+            f"over {L} layers ({pf.realised_avg_vision_tokens_after_filter:.2f} counting each prune layer after its "
+            f"filter, as MustDrop's authors count); kept: {kept}",
             f"- prefill: **{pf.seconds * 1000:.1f} ms** for a {answer.prompt_tokens}-token prompt (the image counted "
             f"as {N})",
             f"- decoding: **{rate} tokens/s** ({len(answer.tokens)} new tokens, {sampling})",
         ]
+        spec = answer.speculative
+        if spec is not None:
+            rate = spec.acceptance_rate
+            lines.append(f"- self-speculative decoding (twig): acceptance rate **{'n/a' if rate is None else f'{rate:.2f}'}**"
+                         f" ({sum(spec.accepted)} of {sum(spec.drafted)} drafted tokens kept, {spec.rounds} rounds)")
+        if answer.schedule.compress_tokens:
+            lines.append(f"- VoCo: the text sees **{answer.schedule.compress_tokens}** compression tokens instead of the "
+                         f"image; " + ("the image's VoCo cache was reused (no vision tower, no image tokens this turn)"
+                                       if pf.image_reused else "the image was compressed for this turn"))
         lines.extend(f"- note: {n}" for n in notes)
         return "\n".join(lines)
-
-
-def _kept_counts(stages: list[Any], num_vision_tokens: int) -> list[list[int]]:
-    masks = kept_patch_masks(stages, num_vision_tokens)
-    return [torch.nonzero(m).flatten().tolist() for m in masks]
 
 
 __all__ = [

@@ -5,8 +5,11 @@
 - An empty message or the end of input (Ctrl-D) ends the chat with exit code 0 and says why; Ctrl-C at the prompt exits 130.
 - Each turn's prompt (the image counting as the model's number of vision tokens) must leave room in the model's
   context length: a prompt that does not fit is refused with a message, nothing is generated and the turn is
-  forgotten, so a shorter message can be typed; a prompt that fits but leaves less room than --max-new-tokens
-  gets the answer capped to the room left, with a note.
+  forgotten, so a shorter message can be typed. Without --max-new-tokens an answer takes up to 512 new tokens or
+  the room left in the context, whichever is less, silently; a --max-new-tokens larger than the room left is
+  capped to it, with a note.
+- A VoCo-LLaMA checkpoint (``voco-*`` schedules) compresses the image once; every follow-up question runs against its
+  VoCo cache (``llava.model.two_pass.ImageCache``), without the vision tower or the image's tokens.
 - A missing or unloadable checkpoint or image, an unknown --reduction preset or a bad --reduction-override is
   reported as "error: ..." on stderr with exit code 2. --reduction-override takes key=value pairs as separate
   arguments or several in one quoted argument ("exit_layer=24 topk=hard"), as the evaluation scripts do.
@@ -32,8 +35,13 @@ from llava.mm_utils import (
     tokenizer_image_token,
 )
 from llava.model.builder import CheckpointError, load_pretrained_model
+from llava.model.compression_tokens import image_prompt_tokens
 from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides
+from llava.model.speculative import SpeculativeStats
+from llava.model.two_pass import ImageCache
 from llava.serve.common import non_negative_float, positive_int, prompt_token_count, split_override_args
+
+DEFAULT_MAX_NEW_TOKENS = 512  # upstream's default, when the context leaves room for it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--temperature", type=non_negative_float, default=0.2, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=positive_int, default=512)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help=f"default: {DEFAULT_MAX_NEW_TOKENS} or what the context leaves, whichever is less")
+    p.add_argument("--load-8bit", action="store_true", help="8-bit weights through bitsandbytes (CUDA GPU only)")
+    p.add_argument("--load-4bit", action="store_true", help="4-bit weights through bitsandbytes (CUDA GPU only)")
     p.add_argument("--reduction", default=None, help="preset replacing the checkpoint's schedule")
+    p.add_argument("--speculative", default=None, choices=("twig",),
+                   help="self-speculative decoding with the checkpoint's twig (TwigVLM); after each answer the "
+                        "acceptance rate and tokens/s are printed on stderr")
     p.add_argument("--reduction-override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="schedule overrides: separate arguments, or several in one quoted argument")
     return p
@@ -69,7 +83,8 @@ def main(argv: list[str] | None = None, input_fn: Callable[[str], str] = input) 
         image = load_image(args.image_file)
         try:
             tokenizer, model, processor, context_len = load_pretrained_model(
-                args.model_path, args.model_base, device=args.device, reduction=args.reduction,
+                args.model_path, args.model_base, None, args.load_8bit, args.load_4bit, device=args.device,
+                reduction=args.reduction,
                 reduction_overrides=overrides or None, vision_tower_path=args.vision_tower_path,
             )
         except OSError as e:  # unreadable config/weights/tokenizer files inside an existing directory
@@ -87,7 +102,9 @@ def chat(args: argparse.Namespace, tokenizer: Any, model: Any, images: torch.Ten
          input_fn: Callable[[str], str]) -> int:
     """The question/answer loop; returns the exit code."""
     conv = get_conv_template(args.conv_mode)
-    num_vision_tokens = int(model.config.num_vision_tokens)
+    # the image as the model counts it: its vision tokens plus a VoCo schedule's compression tokens
+    num_vision_tokens = image_prompt_tokens(int(model.config.num_vision_tokens), model.config.reduction_config)
+    image_cache = ImageCache(max_images=1)  # VoCo: the image is compressed once, every follow-up reuses its cache
     image_sent = False
     while True:
         try:
@@ -116,17 +133,27 @@ def chat(args: argparse.Namespace, tokenizer: Any, model: Any, images: torch.Ten
             continue
         image_sent = True
         max_new_tokens = args.max_new_tokens
-        if max_new_tokens > room:
+        if max_new_tokens is None:  # the default: what fits, no note
+            max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
+        elif max_new_tokens > room:
             print(f"note: the prompt is {needed} tokens, so only {room} tokens of the {context_len}-token context are "
                   f"left; "
                   f"the answer is capped at {room} new tokens (--max-new-tokens {max_new_tokens})", file=sys.stderr)
             max_new_tokens = room
+        speculative = getattr(args, "speculative", None)
+        extra: dict[str, Any] = {"image_cache": image_cache}
+        stats = None
+        if speculative:
+            stats = SpeculativeStats()
+            extra = {"speculative": speculative, "speculative_stats": stats}
         out = model.generate(ids.unsqueeze(0).to(model.device), images=images, do_sample=args.temperature > 0,
                              temperature=args.temperature, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
         answer = tokenizer.decode(out[0], skip_special_tokens=True).strip()
         print(f"{conv.roles[1]}: {answer}")
-        conv.messages[-1] = (conv.roles[1], answer)  # the answer becomes context for the next turn
+        if stats is not None:
+            print(f"speculative decoding: {stats.summary()}", file=sys.stderr)
+        conv.messages[-1][-1] = answer  # the answer becomes context for the next turn
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +20,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1..65535 (0, "any free port", is refused: the page's address must be known)."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value}")
+    return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises OSError with a one-line reason when the server could not listen on ``host:port`` (in use, not
+    allowed, unknown host). Checked before the slow model load; the server binds it for real afterwards."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            sock.bind(address)
+        except OSError as e:
+            reason = "the port is in use (another server?); pick another with --port" if e.errno == errno.EADDRINUSE \
+                else e.strerror or str(e)
+            raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def non_negative_float(text: str) -> float:

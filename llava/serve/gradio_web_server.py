@@ -4,13 +4,17 @@
     python -m llava.serve.gradio_web_server --model-path ./checkpoints/demo-tiny [--reduction tok64] \\
         [--reduction-override "exit_layer=24 topk=hard"] [--host 127.0.0.1] [--port 7860]
 
-One process serves one model (no controller or worker, unlike upstream LLaVA's three-process setup). The page
+By default one process serves one model. ``--controller-url URL [--model-list-mode reload]`` serves instead the
+models of a controller's workers, upstream LLaVA's three-process setup (llava.serve.controller_web_page). The page
 works as upstream's does: upload an image, ask, get the answer streamed, ask follow-ups, regenerate the last
 answer, clear, and change temperature, top-p and the maximum number of new tokens. On top of that:
 
 - a schedule picker: the loaded schedule or any preset, plus single-field ``key=value`` overrides, validated
-  with the evaluation scripts' own functions (so with their messages); each answer uses the schedule picked when
-  it was asked, and the whole conversation is prefilled again under it;
+  with the evaluation scripts' own functions (so with their messages); the presets the loaded model cannot run are
+  listed last, marked, with each reason under the picker; each answer uses the schedule picked when it was asked,
+  and the whole conversation is prefilled again under it;
+- ``--speculative twig`` (a checkpoint with a twig, TwigVLM): answers are decoded self-speculatively and the
+  statistics add the acceptance rate;
 - after each answer, the kept-token map of that answer's own prefill (one panel per prune stage, drawn by
   ``llava.analysis.kept_tokens``), the realised average vision tokens per layer, the prefill time and the
   decoding speed;
@@ -27,6 +31,7 @@ reported on the page in one line. Model events run one at a time (one model, one
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import os
 import sys
@@ -39,7 +44,7 @@ import torch
 
 from llava.analysis.common import CHECKPOINT_SCHEDULE
 from llava.mm_utils import ImageLoadError
-from llava.model.builder import CheckpointError, load_pretrained_model
+from llava.model.builder import CheckpointError, checkpoint_kind, load_pretrained_model
 from llava.model.reduction.config import ReductionConfig, ReductionConfigError, parse_overrides
 from llava.serve.chat_engine import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -49,9 +54,8 @@ from llava.serve.chat_engine import (
     DemoInputError,
     PendingTurn,
     parse_sampling,
-    schedule_choices,
 )
-from llava.serve.common import non_negative_float, positive_int, split_override_args
+from llava.serve.common import check_port_free, non_negative_float, port_number, positive_int, split_override_args
 
 logger = logging.getLogger("llava.serve.gradio_web_server")
 
@@ -78,6 +82,14 @@ def chat_messages(state: ChatState | None, pending: str | None = None) -> list[d
         elif pending is not None:
             messages.append({"role": "assistant", "content": pending or "…"})
     return messages
+
+
+def unfit_markdown(unfit: dict[str, str], num_layers: int, num_vision_tokens: int) -> str:
+    """Why each preset cannot run on this model (written for another depth or width)."""
+    lines = [f"This model has {num_layers} layers and {num_vision_tokens} vision tokens per image; these presets were "
+             "written for other shapes (overrides can fit them):"]
+    lines += [f"- `{name}`: {html.escape(reason)}" for name, reason in unfit.items()]
+    return "\n".join(lines)
 
 
 def warning(message: str) -> str:
@@ -275,12 +287,18 @@ def build_demo(engine: ChatEngine, model_name: str, stream_interval: float = DEF
             with gr.Column(scale=3):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image",
                                  height=260)
-                schedule = gr.Dropdown(choices=schedule_choices(), value=CHECKPOINT_SCHEDULE, label="Schedule",
-                                       info=f"'{CHECKPOINT_SCHEDULE}' = the loaded one ('{loaded.name}')",
+                unfit = engine.unfit_presets()
+                schedule = gr.Dropdown(choices=engine.schedule_options(), value=CHECKPOINT_SCHEDULE, label="Schedule",
+                                       info=f"'{CHECKPOINT_SCHEDULE}' = the loaded one ('{loaded.name}'); "
+                                            f"{len(unfit)} presets do not fit this model and are marked",
                                        elem_id="schedule")
                 overrides = gr.Textbox(label="Overrides", placeholder="key=value ..., e.g. exit_layer=24 topk=hard",
                                        elem_id="overrides")
                 schedule_info = gr.Markdown(engine.describe_schedule(loaded), elem_id="schedule_info")
+                if unfit:
+                    with gr.Accordion(f"Presets this model cannot run ({len(unfit)})", open=False):
+                        gr.Markdown(unfit_markdown(unfit, engine.num_layers, engine.num_vision_tokens),
+                                    elem_id="unfit_presets")
                 with gr.Accordion("Parameters", open=False):
                     # Upstream's ranges, within this model's context.
                     top = max(1, min(1024, engine.context_len))
@@ -338,7 +356,7 @@ def build_demo(engine: ChatEngine, model_name: str, stream_interval: float = DEF
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.serve.gradio_web_server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-path", default=None, help="the model this process serves (or --controller-url)")
     p.add_argument("--model-base", default=None, help="base LLM of a projector-only or LoRA checkpoint")
     p.add_argument("--vision-tower-path", default=None,
                    help="local CLIP directory replacing the tower the checkpoint names (a hub id, offline)")
@@ -349,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
                    help="auto: float16 on GPU, float32 on CPU")
     p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--speculative", default=None, choices=("twig",),
+                   help="self-speculative decoding with the checkpoint's twig (TwigVLM); the statistics show the "
+                        "acceptance rate")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
-    p.add_argument("--port", type=positive_int, default=7860)
+    p.add_argument("--port", type=port_number, default=7860, help="1-65535; checked before the model loads")
     p.add_argument("--root-path", default=None,
                    help="the URL prefix when served behind a reverse proxy under a sub-path, e.g. /hidrop")
     p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
@@ -361,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="visitors waiting for the model beyond this are turned away")
     p.add_argument("--stream-interval", type=non_negative_float, default=DEFAULT_STREAM_INTERVAL_S,
                    help="seconds between page updates while an answer streams; 0: after every token")
+    remote = p.add_argument_group("controller mode (upstream's multi-process demo; llava.serve.controller_web_page)")
+    remote.add_argument("--controller-url", default=None,
+                        help="serve the models of this controller's workers instead of loading --model-path")
+    remote.add_argument("--model-list-mode", default="once", choices=("once", "reload"),
+                        help="ask the controller for its models once at start-up, or on every page load")
+    remote.add_argument("--concurrency-count", type=positive_int, default=16,
+                        help="answers the page streams at once (the workers queue them)")
+    remote.add_argument("--worker-timeout", type=positive_int, default=60,
+                        help="seconds without progress (no new text) after which a worker counts as stuck or too busy "
+                             "(default %(default)s)")
     return p
 
 
@@ -379,11 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print('error: gradio is not installed; install the serving extra (docs/Serving.md): pip install -e ".[serve]"',
               file=sys.stderr)
         return 2
+    if args.controller_url:
+        if args.model_path:
+            print("error: pass --model-path (this process loads the model) or --controller-url (workers serve the "
+                  "models), not both", file=sys.stderr)
+            return 2
+        from llava.serve.controller_web_page import serve
+
+        return serve(args)
+    if not args.model_path:
+        print("error: --model-path is required (or --controller-url to serve a controller's workers)", file=sys.stderr)
+        return 2
     try:
         # Schedule checked before the (slow) model load, so a typo fails at once, as in the terminal chat.
         overrides = parse_overrides(split_override_args(args.reduction_override))
         if args.reduction:
             ReductionConfig.from_preset(args.reduction)
+        checkpoint_kind(args.model_path)  # the folder's own problems first (cheap: its files, not the model)
+        check_port_free(args.host, args.port)  # a port in use fails now, not after the model load
         try:
             tokenizer, model, processor, context_len = load_pretrained_model(
                 args.model_path, args.model_base, device=args.device, torch_dtype=_dtype(args.dtype, args.device),
@@ -393,16 +437,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:  # unreadable config/weights/tokenizer files inside an existing directory
             raise CheckpointError(f"cannot load the model from {args.model_path}: {e}") from e
         engine = ChatEngine(tokenizer, model, processor, int(context_len), conv_mode=args.conv_mode,
-                            max_image_pixels=args.max_image_pixels)
-    except (ImageLoadError, ReductionConfigError, CheckpointError, ValueError) as e:
+                            max_image_pixels=args.max_image_pixels, speculative=args.speculative)
+    except (ImageLoadError, ReductionConfigError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     demo = build_demo(engine, Path(args.model_path.rstrip("/")).name or args.model_path, args.stream_interval)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     logger.info("serving %s on http://%s:%d%s", args.model_path, args.host, args.port, args.root_path or "")
-    demo.launch(server_name=args.host, server_port=args.port, root_path=args.root_path, show_error=False,
-                max_file_size=f"{args.max_upload_mb}mb", ssr_mode=False, share=False, theme="default", css=CSS,
-                footer_links=["api", "gradio", "settings"], run_history=False)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, root_path=args.root_path, show_error=False,
+                    max_file_size=f"{args.max_upload_mb}mb", ssr_mode=False, share=False, theme="default", css=CSS,
+                    footer_links=["api", "gradio", "settings"], run_history=False)
+    except OSError as e:  # taken between the check and now; gradio's own advice names settings this CLI overrides
+        print(f"error: cannot listen on {args.host}:{args.port} ({e.__class__.__name__}); the port was taken while "
+              "the model loaded: pick another with --port", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,9 +10,12 @@ uses them, with ``generate``'s own sampling function (``next_token``) and last-t
 2. each step: sample with ``next_token(logits, do_sample, temperature, top_p, generator)``, stop after the EOS
    token (it is part of the answer, as in ``generate``), else ``decode_step`` on its embedding and ``lm_head``.
 
-The only difference is that ``generate`` runs one last ``decode_step`` whose logits it never reads when it stops at
-``max_new_tokens``; skipping it changes no token. tests/test_web_demo.py checks token-by-token equality with
-``generate()`` (greedy and seeded sampling, several schedules, the realised vision counts too).
+Under a VoCo-LLaMA schedule step 1 is ``generate``'s two-pass prefill (``llava.model.two_pass.compressed_prefill``)
+with the stream's ``image_cache``: a follow-up question about the same image reuses the image's VoCo cache.
+
+Like ``generate``, it runs no ``decode_step`` after the last token (its logits would never be read).
+tests/test_web_demo.py checks token-by-token equality with ``generate()`` (greedy and seeded sampling, several
+schedules, the realised vision counts too).
 
 The stream also keeps what the page shows after an answer and ``generate`` does not return: the prune decisions
 of the prefill (``StageRecord``s: the kept-token map is drawn from the very prefill that produced the answer), the
@@ -33,6 +36,8 @@ from llava.model.decoder import StageRecord, decode_step, run_decoder
 # generate()'s own helpers: sharing them (not copies) is what makes the stream provably the same computation.
 from llava.model.llava_llama import last_valid, next_token
 from llava.model.reduction.config import ReductionConfig
+from llava.model.speculative import SpeculativeDecoder, SpeculativeStats
+from llava.model.two_pass import ImageCache, compressed_prefill
 
 if TYPE_CHECKING:
     from llava.model.llava_llama import LlavaLlamaForCausalLM
@@ -45,10 +50,20 @@ class Prefill:
     stages: list[StageRecord]  # one per prune stage: which vision tokens survived it
     vision_counts: list[int]  # vision tokens present at the input of each layer 1..L
     seconds: float  # vision tower + projector + every layer + the first logits
+    vision_counts_after_filter: list[int] = field(default_factory=list)  # a prune layer counts its survivors
+    image_reused: bool = False  # VoCo: the image's VoCo cache came from the ImageCache (no vision tower, no image)
+    # [1, N] bool: the slots holding a token after local merging in the tower (None: the schedule does not merge)
+    vision_valid: torch.Tensor | None = None
 
     @property
     def realised_avg_vision_tokens(self) -> float:
         return sum(self.vision_counts) / len(self.vision_counts) if self.vision_counts else 0.0
+
+    @property
+    def realised_avg_vision_tokens_after_filter(self) -> float:
+        """The same average by MustDrop's counter (docs/Baselines.md, "Counting vision tokens")."""
+        counts = self.vision_counts_after_filter
+        return sum(counts) / len(counts) if counts else 0.0
 
 
 @dataclass
@@ -69,6 +84,12 @@ class TokenStream:
     top_p: float | None = None
     eos_token_id: int | None = None
     generator: torch.Generator | None = None
+    image_cache: ImageCache | None = None  # VoCo schedules: compressed images kept for the next turns
+    # "twig": self-speculative decoding with the model's twig, as generate(speculative="twig") does it (the same
+    # SpeculativeDecoder); the tokens of a round are yielded one by one. ``speculative_stats`` then holds the
+    # proposals drafted and kept.
+    speculative: str | None = None
+    speculative_stats: SpeculativeStats | None = None
     prefill: Prefill | None = None
     tokens: list[int] = field(default_factory=list)
     # Compute time of the decode steps (each ``decode_step`` + ``lm_head`` + sampling of the token it gives), i.e.
@@ -101,18 +122,38 @@ class TokenStream:
         with torch.no_grad():
             start = time.perf_counter()
             mask = torch.ones_like(self.input_ids)  # generate(attention_mask=None) uses ones
-            batch = model.multimodal_batch(self.input_ids, mask, self.images, None, red)
-            out = run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True)
-            last = last_valid(out.state.valid)  # [1]
-            logits = model.lm_head(out.hidden[torch.arange(1, device=out.hidden.device), last]).float()  # [1, V]
+            merged_valid = None
+            if red.compress_tokens:  # VoCo: generate()'s two-pass prefill, reusing a compressed image if it can
+                pre = compressed_prefill(model, self.input_ids, mask, self.images, red, self.image_cache)
+                stages, counts, gen, logits, reused = [], pre.vision_counts, pre.generation, pre.logits, bool(pre.reused[0])
+            elif self.speculative:
+                if self.speculative != "twig":
+                    raise ValueError(f"speculative must be 'twig' or None, got {self.speculative!r}")
+                spec = SpeculativeDecoder(model, red, self.do_sample, self.temperature, self.top_p, eos, 0,
+                                          self.generator)
+                out, logits = spec.prefill(self.input_ids, mask, self.images, count_vision=True)
+                stages, counts, gen, reused = out.stages, out.vision_counts, None, False
+                batch = None
+            else:
+                batch = model.multimodal_batch(self.input_ids, mask, self.images, None, red)
+                out = run_decoder(model.model, batch, red, None, use_cache=True, count_vision=True, twig=model.twig)
+                last = last_valid(out.state.valid)  # [1]
+                logits = model.lm_head(out.hidden[torch.arange(1, device=out.hidden.device), last]).float()  # [1, V]
+                stages, counts, gen, reused = out.stages, out.vision_counts, out.generation, False
+                if red.local_merge and batch is not None and batch.vision_valid is not None:
+                    merged_valid = batch.vision_valid.detach().cpu()  # [1, N]
             _synchronize(device)  # the timing must include the GPU's work, not just its launch
-        counts = out.vision_counts  # [1, L]
         self.prefill = Prefill(
-            stages=out.stages,
-            vision_counts=[] if counts is None else [int(c) for c in counts[0].tolist()],
+            stages=stages,
+            vision_counts=[] if counts is None else [int(c) for c in counts.entering[0].tolist()],
             seconds=time.perf_counter() - start,
+            vision_counts_after_filter=[] if counts is None else [int(c) for c in counts.after_filter[0].tolist()],
+            image_reused=reused,
+            vision_valid=merged_valid,
         )
-        gen = out.generation
+        if self.speculative:
+            yield from self._speculative(spec, logits, eos)
+            return
         step_start = time.perf_counter()
         for step in range(self.max_new_tokens):
             with torch.no_grad():
@@ -128,6 +169,41 @@ class TokenStream:
             with torch.no_grad():
                 h = decode_step(model.model, model.model.embed_tokens(nxt).unsqueeze(1), gen)
                 logits = model.lm_head(h[:, -1]).float()
+
+
+    def _speculative(self, spec: SpeculativeDecoder, logits: torch.Tensor, eos: int | None) -> Iterator[int]:
+        """The tokens of ``speculative_generate`` for this one prompt, yielded as each round produces them."""
+        stats = self.speculative_stats if self.speculative_stats is not None else SpeculativeStats()
+        self.speculative_stats = stats
+        stats.drafted, stats.accepted, stats.new_tokens = [0], [0], [0]
+        stats.prefill_seconds = self.prefill.seconds if self.prefill is not None else 0.0
+        if self.max_new_tokens == 0:
+            return
+        with torch.no_grad():
+            last = spec.first_token(logits)  # [1]
+        token = int(last[0])
+        self.tokens.append(token)
+        stats.new_tokens[0] = 1
+        yield token
+        active = torch.ones(1, dtype=torch.bool, device=last.device)
+        while not (eos is not None and self.tokens[-1] == eos) and len(self.tokens) < self.max_new_tokens:
+            start = time.perf_counter()
+            with torch.no_grad():
+                room = torch.full_like(last, self.max_new_tokens - len(self.tokens))
+                tokens, counts, drafted = spec.round(last, active, room)
+            emitted = tokens[0, : int(counts[0])].tolist()  # host sync: the page needs the tokens now
+            self.decode_seconds += time.perf_counter() - start
+            stats.decode_seconds = self.decode_seconds
+            stats.rounds += 1
+            stats.drafted[0] += int(drafted[0])
+            stats.accepted[0] += int(counts[0]) - 1
+            last = tokens[:, int(counts[0]) - 1]
+            for token in emitted:
+                self.tokens.append(token)
+                stats.new_tokens[0] += 1
+                yield token  # the clock is stopped while the consumer holds the token
+                if eos is not None and token == eos:
+                    return
 
 
 def _synchronize(device: torch.device) -> None:

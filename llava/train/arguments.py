@@ -24,6 +24,10 @@ class ModelArguments:
     reduction: str = field(default="off", metadata={"help": "token-reduction preset: off, tok64, tok48, tok80, ..."})
     reduction_overrides: str = field(default="", metadata={"help": "space-separated key=value schedule overrides"})
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2"})
+    train_twig: bool = field(default=False, metadata={"help": "TwigVLM: train only a twig on the frozen model "
+                                                              "(scripts/train_twig.sh)"})
+    twig_after_layer: int = field(default=2, metadata={"help": "the base layer K the twig reads (TwigVLM: 2)"})
+    twig_layers: int = field(default=3, metadata={"help": "the twig's depth T (TwigVLM: 3)"})
     parallel_vision: str = field(
         default="auto",
         metadata={"help": "auto | on | off: run the vision tower beside the text-only shallow layers (late injection; "
@@ -68,6 +72,18 @@ class TrainingArguments(transformers.TrainingArguments):
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "upstream's flag; transformers 5 takes the ratio through warmup_steps"}
     )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "upstream's name (transformers < 4.46) for --eval_strategy"}
+    )
+
+    def __post_init__(self) -> None:
+        # Upstream's scripts pass --evaluation_strategy "no"; transformers 5 only knows eval_strategy.
+        if self.evaluation_strategy is not None:
+            if str(getattr(self.eval_strategy, "value", self.eval_strategy)) not in ("no", self.evaluation_strategy):
+                raise ValueError(f"--evaluation_strategy {self.evaluation_strategy} and --eval_strategy "
+                                 f"{self.eval_strategy} disagree; pass one of them")
+            self.eval_strategy = self.evaluation_strategy
+        super().__post_init__()
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

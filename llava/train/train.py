@@ -11,10 +11,12 @@ import sys
 
 import torch
 import torch.distributed as dist
-from transformers import CLIPImageProcessor
+from transformers import set_seed
 
+from llava.mm_utils import load_image_processor
 from llava.model.builder import default_attn_implementation
 from llava.model.checkpoint_loading import CheckpointError, is_llava_checkpoint, load_llava
+from llava.model.compression_tokens import add_compress_token, image_prompt_tokens
 from llava.model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.reduction.config import ReductionConfigError, resolve_reduction
 from llava.tokenizer_loading import load_tokenizer
@@ -23,6 +25,7 @@ from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.dataset import DatasetFormatError, ImageFolderError, LazySupervisedDataset
 from llava.train.run_guard import OutputDirError, OutputDirLock, check_output_dir, die_with_launcher
 from llava.train.trainer import LLaVATrainer, NonFiniteLossError
+from llava.train.twig_training import prepare_twig
 
 logger = logging.getLogger("llava.train")
 
@@ -64,7 +67,7 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
+def build_model(model_args, data_args, training_args, tokenizer=None) -> LlavaLlamaForCausalLM:
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     config = LlavaConfig.from_pretrained(model_args.model_name_or_path)
     base_reduction = config.reduction if model_args.reduction == "checkpoint" else None
@@ -106,6 +109,8 @@ def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
             "thresholds and merging carry no gradient; evaluate it with REDUCTION=... on a trained checkpoint"
         )
     logger.info(red.describe(model.config.num_hidden_layers, model.config.num_vision_tokens))
+    if red.compress_tokens:
+        _add_voco_token(model, tokenizer, red, attn, model_args, training_args)
 
     if model_args.freeze_backbone:
         model.model.requires_grad_(False)
@@ -117,11 +122,33 @@ def build_model(model_args, data_args, training_args) -> LlavaLlamaForCausalLM:
     model.model.vision_tower.requires_grad_(False)
     if model.reduction_thresholds is not None:
         model.reduction_thresholds.requires_grad_(True)
+    prepare_twig(model, red, model_args, training_args, TrainingSetupError)  # TwigVLM (llava/train/twig_training.py)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     if training_args.lora_enable:
         model = _wrap_lora(model, training_args)
     return model
+
+
+def _add_voco_token(model, tokenizer, red, attn: str, model_args, training_args) -> None:
+    """VoCo-LLaMA trains a new <voco> token (random init) with the whole LLM, as its authors: refuse what would
+    leave it untrained or unmaskable, then add it to the tokenizer and both embeddings (saved with the model)."""
+    if model_args.tune_mm_mlp_adapter:
+        raise TrainingSetupError(
+            f"--reduction {red.name}: VoCo tokens enter at instruction tuning (VoCo-LLaMA section 3.5); stage 1 trains "
+            "only the projector and would leave <voco> untrained. Pretrain with REDUCTION=off, then finetune with "
+            f"REDUCTION={red.name}")
+    if training_args.lora_enable:
+        raise TrainingSetupError(
+            f"--reduction {red.name}: LoRA freezes the embeddings, so the new <voco> token would stay random; train "
+            "VoCo-LLaMA with full finetuning (LORA=0), as its authors")
+    if attn.startswith("flash_attention"):
+        raise TrainingSetupError(
+            f"--reduction {red.name}: flash attention cannot carry VoCo's pair-wise mask (the text after the VoCo "
+            "tokens must not see the image); train with --attn_implementation sdpa (the authors' choice) or eager")
+    if tokenizer is None:
+        raise TrainingSetupError(f"--reduction {red.name}: the <voco> token must be added to the tokenizer too")
+    add_compress_token(tokenizer, model)
 
 
 def _wrap_lora(model, args):
@@ -130,8 +157,10 @@ def _wrap_lora(model, args):
     skip = ("mm_projector", "vision_tower", "lm_head", "reduction_thresholds")
     targets = sorted({n.split(".")[-1] for n, m in model.named_modules()
                       if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)})
+    # A TwigVLM twig stays frozen outside twig training and gets no adapters (a schedule without it never runs it).
+    exclude = r"twig\..*" if getattr(model, "twig", None) is not None else None
     cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=targets, lora_dropout=args.lora_dropout,
-                     bias=args.lora_bias, task_type="CAUSAL_LM")
+                     bias=args.lora_bias, task_type="CAUSAL_LM", exclude_modules=exclude)
     model = get_peft_model(model, cfg)
     for n, p in model.named_parameters():
         if "mm_projector" in n or "reduction_thresholds" in n:
@@ -159,19 +188,25 @@ def train(argv: list[str] | None = None) -> None:
                                               padding_side="right")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token  # upstream: pad = unk
-    image_processor = CLIPImageProcessor.from_pretrained(model_args.vision_tower or model_args.model_name_or_path)
-    model = build_model(model_args, data_args, training_args)
+    image_processor = load_image_processor(model_args.vision_tower or model_args.model_name_or_path)
+    # --seed decides the new weights (projector, thresholds) too, not only the data order the Trainer seeds later:
+    # without it they come from torch's fixed start-up seed and every --seed trains from the same initialisation.
+    set_seed(training_args.seed)
+    model = build_model(model_args, data_args, training_args, tokenizer)
     base = model.base_model.model if training_args.lora_enable else model
 
+    # an image takes its vision tokens plus a VoCo schedule's compression tokens (inserted by the model)
+    image_tokens = image_prompt_tokens(base.config.num_vision_tokens, base.config.reduction_config)
     dataset = LazySupervisedDataset(
         data_args.data_path, tokenizer, image_processor, data_args.image_folder, TEMPLATES[model_args.version],
-        data_args.image_aspect_ratio, base.config.num_vision_tokens, training_args.model_max_length,
+        data_args.image_aspect_ratio, image_tokens, training_args.model_max_length,
         data_args.on_bad_sample,
     )
     trainer = LLaVATrainer(
         model=model, args=training_args, train_dataset=dataset,
         data_collator=DataCollatorForSupervisedDataset(tokenizer.pad_token_id), processing_class=None,
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter, tokenizer=tokenizer, image_processor=image_processor,
+        objective="twig" if model_args.train_twig else "lm",
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.report_skips()

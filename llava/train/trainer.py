@@ -57,10 +57,12 @@ class LLaVATrainer(Trainer):
         tune_mm_mlp_adapter: bool = False,
         tokenizer: Any = None,
         image_processor: Any = None,
+        objective: str = "lm",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
+        self.objective = objective  # "twig": the model's shallow-model loss (TwigVLM's twig training)
         self.tokenizer = tokenizer  # saved with every checkpoint, so a checkpoint-N folder evaluates on its own
         self.image_processor = image_processor
         self._vision_stats: dict[str, list[float]] = {}
@@ -110,7 +112,7 @@ class LLaVATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         for index, reason in inputs.pop("bad_samples", None) or ():
             self._bad_samples[int(index)] = reason
-        outputs = model(**inputs)
+        outputs = model(**inputs, objective=self.objective) if self.objective != "lm" else model(**inputs)
         loss = outputs.loss
         # Checked before backward so that a NaN never reaches the optimizer state; the Trainer itself would log
         # the step as loss 0 (logging_nan_inf_filter) and go on.

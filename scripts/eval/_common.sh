@@ -17,6 +17,14 @@
 #   REDUCTION_OVERRIDES  space-separated key=value single-field schedule overrides (e.g. "exit_layer=24")
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   SPECULATIVE          1: self-speculative decoding with the checkpoint's twig (TwigVLM; greedy answers are
+#                        the plain ones, the run reports the acceptance rate and tokens/s); 0 (default): plain
+#   LIMIT                a quick subset: only the first N questions of the question file are answered, merged and
+#                        scored (the scorer counts only those and prints a "subset" line); CKPT gets "-limitN", so
+#                        a subset never shares files with the full run. Not for the server-scored splits
+#                        (VQAv2 test-dev, VizWiz test). Default empty: every question
+#   REUSE_IMAGE_CACHE    1: VoCo schedules compress each image once and answer its other questions from its VoCo
+#                        cache (--reuse-image-cache); 0 (default): every question compresses its image again
 #   PYTHON               python command (default python)
 #   ON_MISMATCH          what a chunk does when its answers file comes from another run (other weights, question
 #                        file, schedule or decoding): restart (default) moves it aside to
@@ -36,9 +44,26 @@ BATCH_SIZE="${BATCH_SIZE:-1}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"
 PYTHON="${PYTHON:-python}"
 ON_MISMATCH="${ON_MISMATCH:-restart}"
+LIMIT="${LIMIT:-}"
+if [[ -n "$LIMIT" && ! "$LIMIT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: LIMIT must be a whole number >= 1 (the first N questions), got '$LIMIT'" >&2
+    exit 2
+fi
+LIMIT_FLAG=()
+if [[ -n "$LIMIT" ]]; then LIMIT_FLAG=(--limit "$LIMIT"); fi
+REUSE_IMAGE_CACHE="${REUSE_IMAGE_CACHE:-0}"
+case "$REUSE_IMAGE_CACHE" in 0|1) ;; *) echo "REUSE_IMAGE_CACHE must be 0 or 1, got '$REUSE_IMAGE_CACHE'" >&2; exit 2 ;; esac
+REUSE_FLAG=()
+if [[ "$REUSE_IMAGE_CACHE" == "1" ]]; then REUSE_FLAG=(--reuse-image-cache); fi
+SPECULATIVE="${SPECULATIVE:-0}"
+case "$SPECULATIVE" in 0|1) ;; *) echo "SPECULATIVE must be 0 or 1, got '$SPECULATIVE'" >&2; exit 2 ;; esac
+SPECULATIVE_FLAG=()
+if [[ "$SPECULATIVE" == "1" ]]; then SPECULATIVE_FLAG=(--speculative twig); fi
 
 _overrides_tag="$(printf '%s' "$REDUCTION_OVERRIDES" | tr -s ' ' '_' | tr '=,' '-.')"
-CKPT="${CKPT:-$(basename "$MODEL_PATH")${REDUCTION:+-$REDUCTION}${_overrides_tag:+-$_overrides_tag}}"
+_spec_tag=""
+if [[ "$SPECULATIVE" == "1" ]]; then _spec_tag="-spec"; fi
+CKPT="${CKPT:-$(basename "$MODEL_PATH")${REDUCTION:+-$REDUCTION}${_overrides_tag:+-$_overrides_tag}${LIMIT:+-limit$LIMIT}$_spec_tag}"
 LABEL="${LABEL:-$CKPT}"
 RESULTS_DIR="${RESULTS_DIR:-$DATA_ROOT/results}"
 
@@ -89,7 +114,10 @@ run_chunks() {
                 --max-new-tokens "$MAX_NEW_TOKENS" \
                 --reduction-preset "$REDUCTION" \
                 --reduction-override "$REDUCTION_OVERRIDES" \
-                --on-mismatch "$ON_MISMATCH"
+                --on-mismatch "$ON_MISMATCH" \
+                "${LIMIT_FLAG[@]}" \
+                "${REUSE_FLAG[@]}" \
+                "${SPECULATIVE_FLAG[@]}"
         ) &
         pids+=("$!")
     done
@@ -105,5 +133,6 @@ run_chunks() {
         --question-file "$question_file" \
         --chunks-dir "$answers_dir" \
         --num-chunks "$CHUNKS" \
+        "${LIMIT_FLAG[@]}" \
         --output "$answers_dir/merge.jsonl"
 }

@@ -27,6 +27,9 @@
 #   REDUCTION_OVERRIDES  space-separated key=value schedule overrides (e.g. "exit_layer=24")
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   SPECULATIVE          1: self-speculative decoding with the checkpoint's twig (TwigVLM; greedy answers are
+#                        the plain ones, the run reports the acceptance rate and tokens/s); 0 (default): plain
+#   LIMIT                quick subset: the first N questions only, scored as such (see _common.sh)
 #   PYTHON               python command (default python)
 #   ON_MISMATCH          answers from another run (other weights/questions/schedule): restart (default, moves
 #                        them aside to <chunk>.stale-<run_id>) or error
@@ -42,6 +45,7 @@ need_file "$QUESTIONS" "MMBench-CN dev TSV (mmbench_dev_cn_20231003.tsv)"
 run_chunks mmbench_cn "$QUESTIONS" "$BENCH_DIR" "$ANSWERS_DIR"
 
 $PYTHON -m llava.eval.score \
+    "${LIMIT_FLAG[@]}" \
     --bench mmbench_cn \
     --answers-file "$ANSWERS_DIR/merge.jsonl" \
     --question-file "$QUESTIONS" \

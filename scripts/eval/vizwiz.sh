@@ -32,6 +32,9 @@
 #   REDUCTION_OVERRIDES  space-separated key=value schedule overrides (e.g. "exit_layer=24")
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   SPECULATIVE          1: self-speculative decoding with the checkpoint's twig (TwigVLM; greedy answers are
+#                        the plain ones, the run reports the acceptance rate and tokens/s); 0 (default): plain
+#   LIMIT                quick subset: the first N questions only, scored as such (see _common.sh)
 #   PYTHON               python command (default python)
 #   ON_MISMATCH          answers from another run (other weights/questions/schedule): restart (default, moves
 #                        them aside to <chunk>.stale-<run_id>) or error
@@ -49,6 +52,7 @@ if [[ "$VIZWIZ_SPLIT" == "val" ]]; then
     run_chunks vizwiz "$QUESTIONS" "$BENCH_DIR/val" "$ANSWERS_DIR"
 
     $PYTHON -m llava.eval.score \
+        "${LIMIT_FLAG[@]}" \
         --bench vizwiz \
         --answers-file "$ANSWERS_DIR/merge.jsonl" \
         --question-file "$QUESTIONS" \
@@ -56,6 +60,10 @@ if [[ "$VIZWIZ_SPLIT" == "val" ]]; then
         --result-file "$RESULTS_DIR/$CKPT/vizwiz.json" \
         --label "$LABEL"
 elif [[ "$VIZWIZ_SPLIT" == "test" ]]; then
+    if [[ -n "$LIMIT" ]]; then
+        echo "error: LIMIT is for locally scored splits; the test upload needs every question (VIZWIZ_SPLIT=val scores a subset)" >&2
+        exit 2
+    fi
     QUESTIONS="$BENCH_DIR/llava_test.jsonl"
     ANSWERS_DIR="$BENCH_DIR/answers/llava_test/$CKPT"
     UPLOAD="$BENCH_DIR/answers_upload/$CKPT.json"

@@ -34,6 +34,9 @@
 #   REDUCTION_OVERRIDES  space-separated key=value schedule overrides (e.g. "exit_layer=24")
 #   BATCH_SIZE           questions per generate call (default 1, the reference mode)
 #   MAX_NEW_TOKENS       generation cap (default: the benchmark's upstream value, 128 or 1024)
+#   SPECULATIVE          1: self-speculative decoding with the checkpoint's twig (TwigVLM; greedy answers are
+#                        the plain ones, the run reports the acceptance rate and tokens/s); 0 (default): plain
+#   LIMIT                quick subset: the first N questions only, scored as such (see _common.sh)
 #   PYTHON               python command (default python)
 #   ON_MISMATCH          answers from another run (other weights/questions/schedule): restart (default, moves
 #                        them aside to <chunk>.stale-<run_id>) or error
@@ -52,6 +55,7 @@ if [[ "$VQAV2_SPLIT" == "val2014" ]]; then
     run_chunks vqav2 "$QUESTIONS" "$BENCH_DIR/val2014" "$ANSWERS_DIR"
 
     $PYTHON -m llava.eval.score \
+        "${LIMIT_FLAG[@]}" \
         --bench vqav2 \
         --answers-file "$ANSWERS_DIR/merge.jsonl" \
         --question-file "$QUESTIONS" \
@@ -59,6 +63,10 @@ if [[ "$VQAV2_SPLIT" == "val2014" ]]; then
         --result-file "$RESULTS_DIR/$CKPT/vqav2.json" \
         --label "$LABEL"
 elif [[ "$VQAV2_SPLIT" == "test-dev2015" ]]; then
+    if [[ -n "$LIMIT" ]]; then
+        echo "error: LIMIT is for locally scored splits; the test-dev upload needs every question (VQAV2_SPLIT=val2014 scores a subset)" >&2
+        exit 2
+    fi
     SPLIT=llava_vqav2_mscoco_test-dev2015
     QUESTIONS="$BENCH_DIR/$SPLIT.jsonl"
     ANSWERS_DIR="$BENCH_DIR/answers/$SPLIT/$CKPT"

@@ -63,6 +63,10 @@ class ScoreInputs:
     annotation_dir: str | None = None
     split: str | None = None
     judge: Judge | None = None
+    # ``llava.eval.score --limit``: the keys of the questions a quick subset answered (the first N of the question
+    # file). Scorers that walk the ground truth (GQA, SEED, ScienceQA, MMBench, MMStar) score only these; the others
+    # walk the answers, which the coverage check has already matched to exactly these questions.
+    question_keys: frozenset[str] | None = None
 
 
 def ensure_suffix(text: str, suffix: str) -> str:

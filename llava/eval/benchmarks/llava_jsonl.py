@@ -201,12 +201,16 @@ class GQA(LlavaJsonlBenchmark):
             return [{"question_id": r["questionId"], "text": r["prediction"], "converted": True} for r in records]
         return records
 
-    def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
+    def _predictions_and_questions(
+        self, answers: list[dict[str, Any]], inputs: ScoreInputs
+    ) -> tuple[dict[str, str], dict[str, Any]]:
         questions = read_json(require(inputs.annotation_file, "--annotation-file (testdev_balanced_questions.json)", self.name), "GQA questions file")
         if not isinstance(questions, dict):
             raise EvalDataError(f"GQA questions file {inputs.annotation_file} must be a JSON object keyed by question id")
         if not questions:
             raise EvalDataError(f"GQA questions file {inputs.annotation_file} holds no questions; nothing can be scored")
+        if inputs.question_keys is not None:  # a LIMIT subset: only its questions count
+            questions = {k: v for k, v in questions.items() if k in inputs.question_keys}
         predictions = {}
         for k, a in answers_by_key(answers, inputs.answers_file).items():
             text = str(a["text"])
@@ -214,6 +218,19 @@ class GQA(LlavaJsonlBenchmark):
         extra = set(predictions) - set(questions)
         if extra:
             logger.warning("%d GQA predictions have no question in %s; ignored", len(extra), inputs.annotation_file)
+        return predictions, questions
+
+    def hits(self, answers_file: str, annotation_file: str) -> dict[str, bool]:
+        """Per balanced question, whether it was answered correctly: the paired statistics' input."""
+        inputs = ScoreInputs(answers_file=answers_file, annotation_file=annotation_file)
+        predictions, questions = self._predictions_and_questions(self.read_answers(answers_file), inputs)
+        try:
+            return gqa_scorer.gqa_hits(predictions, questions)
+        except ValueError as e:
+            raise EvalDataError(f"GQA: {e} (questions file {annotation_file}, answers {answers_file})") from None
+
+    def score(self, answers: list[dict[str, Any]], inputs: ScoreInputs) -> ScoreResult:
+        predictions, questions = self._predictions_and_questions(answers, inputs)
         try:
             return gqa_scorer.score_gqa(predictions, questions)
         except ValueError as e:  # questions without a prediction: the two files are not from the same split
@@ -518,6 +535,8 @@ class SEED(LlavaJsonlBenchmark):
         records = []
         video_answers = 0
         for q in data["questions"]:
+            if inputs.question_keys is not None and qid_key(q["question_id"]) not in inputs.question_keys:
+                continue  # a LIMIT subset: only its questions count
             a = by_answer.get(qid_key(q["question_id"]))
             if q.get("data_type", "image") != "image":
                 video_answers += a is not None

@@ -73,7 +73,9 @@ class ScienceQA(Benchmark):
             raise EvalDataError(f"ScienceQA split {split!r} not in pid_splits.json (has {sorted(splits)})")
         preds = {k: str(a["text"]) for k, a in answers_by_key(answers, inputs.answers_file).items()}
         pids = [str(p) for p in splits[split]]
-        if inputs.question_file:
+        if inputs.question_keys is not None:  # a LIMIT subset: only its questions count
+            pids = [p for p in pids if p in inputs.question_keys]
+        elif inputs.question_file:
             asked = {q.key for q in self.load_questions(inputs.question_file)}
             subset = [p for p in pids if p in asked]
             if len(subset) != len(pids):
@@ -171,6 +173,8 @@ class MMBench(Benchmark):
         rows = self._rows(path)
         if not rows:
             raise EvalDataError(f"{self.title} TSV {path} has a header but no rows; nothing can be scored")
+        if inputs.question_keys is not None:  # a LIMIT subset: only its questions count
+            rows = [r for r in rows if qid_key(int(r["index"])) in inputs.question_keys]
         if "answer" not in rows[0] or any(is_missing_cell(r.get("answer")) for r in rows):
             raise EvalDataError(f"{path} has no answers for some rows: only dev can be scored locally (test needs the server)")
         self._refuse_later_rounds(answers, inputs.answers_file)
@@ -248,7 +252,10 @@ class MMStar(Benchmark):
         records = []
         for rec in self._records(path):
             qid = rec.get("index", rec.get("question_id"))
-            a = preds.get(qid_key(int(qid) if path.endswith(".tsv") else qid))
+            key = qid_key(int(qid) if path.endswith(".tsv") else qid)
+            if inputs.question_keys is not None and key not in inputs.question_keys:
+                continue  # a LIMIT subset: only its questions count
+            a = preds.get(key)
             if a is None:
                 raise EvalDataError(f"MMStar: no answer for index {qid}")
             records.append(

@@ -30,6 +30,16 @@ def _structural_type(question: Mapping[str, Any]) -> str | None:
     return types.get("structural") if isinstance(types, Mapping) else None
 
 
+def gqa_hits(predictions: Mapping[str, str], questions: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
+    """Per balanced question: is the (converted) prediction exactly the gold answer? What ``score_gqa`` counts,
+    per question, for paired comparisons of two runs (``llava.eval.significance``)."""
+    balanced = {qid: q for qid, q in questions.items() if _is_balanced(q)}
+    missing = [qid for qid in balanced if qid not in predictions]
+    if missing:
+        raise ValueError(f"missing predictions for {len(missing)} balanced question(s), e.g. {missing[:5]}")
+    return {qid: predictions[qid] == q["answer"] for qid, q in balanced.items()}
+
+
 def score_gqa(predictions: Mapping[str, str], questions: Mapping[str, Mapping[str, Any]]) -> ScoreResult:
     """Accuracy over the balanced questions of an official-format questions file ({qid: {"answer": ...}}).
 
@@ -38,18 +48,15 @@ def score_gqa(predictions: Mapping[str, str], questions: Mapping[str, Mapping[st
     and semantic type) go to ``details`` when the questions carry ``types``. An empty prediction counts as
     unparsed (it is scored as wrong).
     """
-    balanced = {qid: q for qid, q in questions.items() if _is_balanced(q)}
-    missing = [qid for qid in balanced if qid not in predictions]
-    if missing:
-        raise ValueError(f"missing predictions for {len(missing)} balanced question(s), e.g. {missing[:5]}")
+    hits = gqa_hits(predictions, questions)
+    balanced = {qid: questions[qid] for qid in hits}
     correct = 0
     unparsed = 0
     by_group: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for qid, q in balanced.items():
-        pred = predictions[qid]
-        if not pred.strip():
+        if not predictions[qid].strip():
             unparsed += 1
-        hit = int(pred == q["answer"])
+        hit = int(hits[qid])
         correct += hit
         structural = _structural_type(q)
         if structural is not None:

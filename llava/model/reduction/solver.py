@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llava.model.reduction.config import NO_EXIT, ReductionConfig, ReductionConfigError
+from llava.model.reduction.config import COUNT_CONVENTIONS, NO_EXIT, ReductionConfig, ReductionConfigError
 
 
 @dataclass(frozen=True)
@@ -26,20 +26,26 @@ class SolvedSchedule:
     target: float
 
 
-def stage_widths(num_layers: int, inject: int, exit_layer: int, prune_layers: tuple[int, ...]) -> tuple[int, list[int]]:
-    """(layers with all N tokens, layers each stage's count is present on)."""
+def stage_widths(
+    num_layers: int, inject: int, exit_layer: int, prune_layers: tuple[int, ...], convention: str = "entering"
+) -> tuple[int, list[int]]:
+    """(layers counted with all N tokens, layers each stage's count is counted on). With ``after_filter`` a prune
+    layer counts its survivors, so every stage covers one layer more and the full-count stretch one layer less."""
     end = (num_layers + 1 if exit_layer == NO_EXIT else exit_layer) - 1  # last layer with vision
-    bounds = [*prune_layers, end]
-    return prune_layers[0] - inject + 1, [b - a for a, b in zip(bounds, bounds[1:])]
+    shift = 1 if convention == "after_filter" else 0
+    bounds = [*prune_layers, end + shift]
+    return prune_layers[0] - inject + 1 - shift, [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def _check(num_layers: int, num_vision_tokens: int, inject: int, exit_layer: int, prune_layers: tuple[int, ...],
-           target: float) -> tuple[int, list[int]]:
+           target: float, convention: str) -> tuple[int, list[int]]:
     if not prune_layers:
         raise ReductionConfigError("the solver needs at least one prune layer")
     ReductionConfig(name="solve", inject_layer=inject, prune_layers=prune_layers,
                     keep_counts=(0,) * len(prune_layers), exit_layer=exit_layer).validate_for(num_layers, num_vision_tokens)
-    full, widths = stage_widths(num_layers, inject, exit_layer, prune_layers)
+    if convention not in COUNT_CONVENTIONS:
+        raise ReductionConfigError(f"count convention must be one of {list(COUNT_CONVENTIONS)}, got {convention!r}")
+    full, widths = stage_widths(num_layers, inject, exit_layer, prune_layers, convention)
     lowest, highest = full * num_vision_tokens / num_layers, (full + sum(widths)) * num_vision_tokens / num_layers
     if not lowest <= target <= highest:
         raise ReductionConfigError(
@@ -61,9 +67,11 @@ def solve_keep_counts(
     prune_layers: tuple[int, ...],
     tail: tuple[int, ...] | None = None,
     num_vision_tokens: int = 576,
+    convention: str = "entering",
 ) -> SolvedSchedule:
-    """Integer keep counts (non-increasing, at most N) whose average is the closest to ``target_avg``."""
-    full, widths = _check(num_layers, num_vision_tokens, inject, exit_layer, prune_layers, target_avg)
+    """Integer keep counts (non-increasing, at most N) whose average, counted by ``convention``
+    (``ReductionConfig.counts_per_layer``), is the closest to ``target_avg``."""
+    full, widths = _check(num_layers, num_vision_tokens, inject, exit_layer, prune_layers, target_avg, convention)
     n = num_vision_tokens
     goal = target_avg * num_layers - full * n  # what the stages must contribute
     if tail is not None:

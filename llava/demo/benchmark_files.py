@@ -1,6 +1,6 @@
 """Demo-scale benchmark files in the real benchmarks' formats, built from held-out handwritten-digit grids.
 
-    python -m llava.eval.demo_data --out playground/demo/eval [--seed 0] [--gqa 60 --pope 20 --seed-bench 30 --mmbench 20]
+    python -m llava.demo.benchmark_files --out playground/demo/eval [--seed 0] [--gqa 60 --pope 20 --seed-bench 30 --mmbench 20]
 
 It writes the upstream layout under ``--out`` (use it as ``DATA_ROOT`` for scripts/eval/*.sh), so the whole
 pipeline (runner, merge, conversion, scorer, report) runs unchanged on the CPU demo checkpoint:
@@ -13,7 +13,8 @@ pipeline (runner, merge, conversion, scorer, report) runs unchanged on the CPU d
 - ``seed_bench/``: four-option multiple choice in SEED's files (``llava-seed-bench.jsonl``, ``SEED-Bench.json``).
 - ``mmbench/``: the same kind of questions as an MMBench dev TSV with all four circular rotations.
 
-Only scans from the digit pool's ``eval`` split are drawn, so no demo image reuses a training scan.
+Only scans from the digit pool's ``eval`` split are drawn, so no demo image reuses a training scan. (This module
+belongs to the demo: evaluation, ``llava.eval``, never imports ``llava.demo``.)
 """
 
 from __future__ import annotations
@@ -30,32 +31,27 @@ from typing import Any
 
 import numpy as np
 
+from llava.demo import digits
 from llava.eval.benchmarks.base import SHORT_ANSWER
 from llava.eval.files import write_json, write_jsonl
 
-logger = logging.getLogger("llava.eval.demo_data")
+logger = logging.getLogger("llava.demo.benchmark_files")
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 
 
 def _grids(n: int, rng: np.random.Generator) -> list[Any]:
-    from llava.demo import digits
-
     pool = digits.split_digit_sources()["eval"]
     return [digits.sample_grid(pool, rng) for _ in range(n)]
 
 
 def _save(grid: Any, path: str) -> None:
-    from llava.demo import digits
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     digits.render_grid(grid).save(path)
 
 
 def build_gqa(root: str, n: int, rng: np.random.Generator) -> int:
     """One short-answer question per image, in the GQA eval mix of question types."""
-    from llava.demo import digits
-
     lines, questions = [], {}
     for i, grid in enumerate(_grids(n, rng)):
         image_id = f"d{i:04d}"
@@ -78,8 +74,6 @@ def build_gqa(root: str, n: int, rng: np.random.Generator) -> int:
 
 
 def _absent_digit(split: str, grid: Any, frequency: Counter, rng: np.random.Generator) -> int:
-    from llava.demo import digits
-
     absent = [d for d in range(digits.NUM_CLASSES) if d not in grid.present()]
     if split == "popular":
         return max(absent, key=lambda d: (frequency[d], -d))
@@ -115,8 +109,6 @@ def build_pope(root: str, n: int, rng: np.random.Generator) -> int:
 
 def build_seed(root: str, n: int, rng: np.random.Generator) -> int:
     """SEED-style four-option questions (dimensions: identity, counting, location, spatial relation)."""
-    from llava.demo import digits
-
     type_ids: dict[str, int] = {}
     lines, questions = [], []
     for i, grid in enumerate(_grids(n, rng)):
@@ -140,8 +132,6 @@ def build_seed(root: str, n: int, rng: np.random.Generator) -> int:
 
 def build_mmbench(root: str, n: int, rng: np.random.Generator) -> int:
     """An MMBench-format dev TSV: each question in all four circular rotations of its options."""
-    from llava.demo import digits
-
     header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "source", "l2-category", "comment", "split", "image"]
     rows = []
     for i, grid in enumerate(_grids(n, rng)):
@@ -163,7 +153,7 @@ def build_mmbench(root: str, n: int, rng: np.random.Generator) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llava.eval.demo_data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m llava.demo.benchmark_files", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="becomes DATA_ROOT for scripts/eval/*.sh")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gqa", type=int, default=60, help="GQA questions (one per image)")

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from llava.eval import demo_data  # noqa: E402
+from llava.demo import benchmark_files  # noqa: E402
 from llava.eval.benchmarks import ScoreInputs, get_benchmark  # noqa: E402
 from llava.eval.files import read_jsonl  # noqa: E402
 
@@ -16,7 +16,7 @@ from llava.eval.files import read_jsonl  # noqa: E402
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("demo")
-    demo_data.main(["--out", str(out), "--gqa", "12", "--pope", "3", "--seed-bench", "6", "--mmbench", "3"])
+    benchmark_files.main(["--out", str(out), "--gqa", "12", "--pope", "3", "--seed-bench", "6", "--mmbench", "3"])
     return str(out)
 
 
@@ -38,7 +38,7 @@ def test_pope_oracle_and_balance(root) -> None:
     qs = bench.load_questions(f"{root}/pope/llava_pope_test.jsonl")
     assert len(qs) == 3 * 3 * 2  # images x splits x (present, absent)
     labels = {}
-    for split in demo_data.POPE_SPLITS:
+    for split in benchmark_files.POPE_SPLITS:
         recs = read_jsonl(f"{root}/pope/coco/coco_pope_{split}.json")
         assert sorted(r["label"] for r in recs) == ["no"] * 3 + ["yes"] * 3  # balanced per split
         labels.update({(split, r["image"], r["text"]): r["label"] for r in recs})
@@ -65,3 +65,19 @@ def test_seed_and_mmbench_oracle(root) -> None:
     result = mmb.score(_answers(qs, [answer[q.qid] for q in qs]), ScoreInputs("a", question_file=tsv))
     assert result.score == 100.0
     assert result.details["num_questions"] == 3
+
+
+def test_evaluation_does_not_import_the_demo() -> None:
+    """llava.eval is used without the demo (scoring-only installs, real benchmarks): no module of it imports
+    llava.demo, at the top or inside a function."""
+    import ast
+    from pathlib import Path
+
+    import llava.eval
+
+    root = Path(llava.eval.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "llava.demo" or n.startswith("llava.demo.") for n in names), f"{path} imports {names}"
