@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from llava.cli_types import positive_int
 from llava.eval.benchmarks import get_benchmark
 from llava.eval.run_benchmark import LlavaBackend
 from llava.eval.scorers.gqa import convert_prediction, score_gqa
@@ -127,25 +128,15 @@ def prefill_seconds(model, backend: LlavaBackend, questions, images, methods: di
     return times
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", required=True)
     p.add_argument("--data-root", default="playground/demo/data/eval")
-    p.add_argument("--calibration", type=_positive, default=50, help="questions MustDrop is calibrated on (>= 1)")
-    p.add_argument("--limit", type=_positive, default=None,
+    p.add_argument("--calibration", type=positive_int, default=50, help="questions MustDrop is calibrated on (>= 1)")
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="questions scored after the calibration ones (>= 1; default: all the rest)")
-    p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--repeats", type=_positive, default=30, help="interleaved prefill timings per method (>= 1)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--repeats", type=positive_int, default=30, help="interleaved prefill timings per method (>= 1)")
     p.add_argument("--output", default="reports/baselines", help="folder for compare.json and compare.md")
     p.add_argument("--count-convention", choices=COUNT_CONVENTIONS, default="entering",
                    help="the count the budget holds equal: 'entering' (a prune layer counts its input; this project "

@@ -158,14 +158,6 @@ def limit_arg(value: str) -> int | None:
     """``--limit`` of the runner, the merge and the scorer (the eval scripts' ``LIMIT``): the first N questions of
     the question file, as its benchmark adapter reads them. A whole number >= 1, or empty (scripts pass "$LIMIT")
     for all of them."""
-    import argparse
+    from llava.cli_types import positive_int
 
-    if not value.strip():
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+    return positive_int(value) if value.strip() else None

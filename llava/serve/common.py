@@ -9,17 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
+from llava.cli_types import positive_int
 from llava.constants import IMAGE_TOKEN_INDEX
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def port_number(text: str) -> int:

@@ -12,39 +12,10 @@ set -euo pipefail
 : "${BATCH_PER_DEVICE:=16}" "${GRAD_ACCUM:=1}" "${LR:=2e-5}" "${SAVE_STEPS:=50000}" "${REPORT_TO:=wandb}"
 
 ARGS=(
-    --deepspeed ./scripts/zero3.json \
-    --model_name_or_path "$MODEL_BASE" \
-    --version v1 \
-    --data_path "$DATA_PATH" \
-    --image_folder "$IMAGE_FOLDER" \
-    --vision_tower "$VISION_TOWER" \
-    --pretrain_mm_mlp_adapter "$PROJECTOR" \
-    --mm_projector_type mlp2x_gelu \
-    --mm_vision_select_layer -2 \
-    --mm_use_im_start_end False \
-    --mm_use_im_patch_token False \
-    --image_aspect_ratio pad \
-    --group_by_modality_length True \
-    --bf16 True \
-    --output_dir "$OUTPUT_DIR" \
-    --num_train_epochs 1 \
-    --per_device_train_batch_size "$BATCH_PER_DEVICE" \
-    --per_device_eval_batch_size 4 \
-    --gradient_accumulation_steps "$GRAD_ACCUM" \
-    --evaluation_strategy "no" \
-    --save_strategy "steps" \
-    --save_steps "$SAVE_STEPS" \
-    --save_total_limit 1 \
-    --learning_rate "$LR" \
-    --weight_decay 0. \
-    --warmup_ratio 0.03 \
-    --lr_scheduler_type "cosine" \
-    --logging_steps 1 \
-    --tf32 True \
-    --model_max_length 2048 \
-    --gradient_checkpointing True \
-    --dataloader_num_workers 4 \
-    --lazy_preprocess True \
-    --report_to "$REPORT_TO"
+    --deepspeed ./scripts/zero3.json
+    --version v1
+    --pretrain_mm_mlp_adapter "$PROJECTOR"
+    --image_aspect_ratio pad
+    --group_by_modality_length True
 )
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
