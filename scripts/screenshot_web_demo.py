@@ -128,6 +128,15 @@ def take_screenshot(url: str, image: str, question: str, output: str, *, chromiu
                         box = page.get_by_label(label).first
                         box.fill(str(value))
                         box.press("Enter")
+                        box.press("Tab")  # leaving the box commits the value, as a visitor's next click does
+                        # On a loaded machine Send could otherwise go out with the slider's old value (a sampled
+                        # answer instead of the greedy one): wait until every input of that slider shows the value.
+                        page.wait_for_function(
+                            "([label, v]) => { const els = [...document.querySelectorAll('input')].filter("
+                            "e => (e.getAttribute('aria-label') || '').includes(label));"
+                            " return els.length > 0 && els.every(e => Number(e.value) === v); }",
+                            arg=[label, float(value)])
+                        page.wait_for_timeout(300)
                 page.fill("#question textarea", question)
                 page.click("#send")
                 # Done when the statistics of this answer are on the page (they come with the map, last).

@@ -65,6 +65,9 @@ def test_document_numbers_and_verdicts(tmp_path):
     assert "| +1.75 |" in row and "s2: 0/1" in row and row.endswith("| undecided |")
     assert "Only 2 seed(s) were run" in text
     assert "Wall time of the whole run: 10.0 min" in text
+    # the settings ONLY left out are named, so that a missing row does not read as a silent omission
+    not_run = next(line for line in text.splitlines() if line.startswith("Not run this time"))
+    assert "pdrop-26, voco-26, twigvlm-26, hidrop-compacted" in not_run and "fastv-26" not in not_run
 
 
 def test_a_rewritten_answer_file_is_refused(tmp_path, capsys):
@@ -100,3 +103,13 @@ def test_reproduce_script_dry_run(seeds):
     assert any("llava.analysis.ilvas" in line for line in lines)
     assert "python -m llava.demo.reproduction" in lines[-1] and "RECIPE=tiny" in lines[-1]
     assert shlex.split(lines[-1])[shlex.split(lines[-1]).index("--seeds") + 1] == seeds
+
+
+def test_a_subset_without_hidrop_skips_the_analysis_and_says_so():
+    out = subprocess.run(["bash", str(REPO / "scripts" / "reproduce.sh")], cwd=REPO,
+                         env=dict(os.environ, DRY_RUN="1", SEEDS="1 2 3", ONLY="off,fastv-26"),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not any("llava.analysis" in line for line in out.stdout.splitlines())
+    assert "analysis tools (which read its checkpoint) are skipped" in out.stderr
+    assert "python -m llava.demo.reproduction" in out.stdout.splitlines()[-1]

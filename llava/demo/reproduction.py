@@ -213,6 +213,7 @@ def render(settings: dict[str, Setting], baseline: str, seeds: Sequence[str], an
         " pretrained as plain LLaVA with the same seed (the paper's \"FT only\" recipe, so every setting starts from the"
         " same stage 1), then evaluated on the demo's 500 GQA-style questions.",
         f"Seeds: {', '.join(seeds)}." + (f" Wall time of the whole run: {wall_seconds / 60:.1f} min." if wall_seconds else ""),
+        *_not_run_line(settings),
         "",
         "## Accuracy (Tables 1, 3, 4 and 5 at demo scale)",
         "",
@@ -285,6 +286,16 @@ class Comparison:
         if self.interval.high < 0:
             return f"{self.second} better"
         return "undecided"
+
+
+def _not_run_line(settings: dict[str, Setting]) -> list[str]:
+    """Names the study's settings this run left out (``ONLY``), so that a missing row reads as not run."""
+    study = dict.fromkeys(name for a, b, _ in COMPARISONS for name in (a, b))
+    missing = [name for name in study if name not in settings]
+    if not missing:
+        return []
+    return [f"Not run this time (`ONLY` left them out; `make reproduce` runs them): {', '.join(missing)}; their rows"
+            " and comparisons are absent."]
 
 
 def compare(settings: dict[str, Setting], seeds: Sequence[str], reps: int = 10_000) -> list[Comparison]:
