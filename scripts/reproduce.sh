@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's comparisons at CPU scale (about two hours on 2 cores): the demo's tiny LLaVA and digit-grid data,
+# The paper's comparisons at CPU scale (about three hours on 2 cores): the demo's tiny LLaVA and digit-grid data,
 # every setting finetuned from one plain-LLaVA projector per seed (FT only, 1 epoch) and evaluated on the demo's
 # GQA, for 3 seeds, then the analysis tools on a trained checkpoint, and docs/Reproduction.md written from the
 # measurements (tables, training time next to the FLOPs ratio, figures, and each comparison's verdict from paired
